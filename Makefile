@@ -1,0 +1,38 @@
+# Two entry points: `make demo` and `make test`. Both create or refresh .venv and install the project.
+# torch is pinned to the CPU wheel that lies on disk here (a GPU machine gets the CUDA wheel of
+# the same version from PyPI); nothing else downloads a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+OUT    ?= demo_output
+
+.PHONY: demo test bench lint install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) experiments/run_search.py --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+bench: $(STAMP)
+	$(PY) benchmarks/store.py
+	$(PY) benchmarks/train.py --quick
+	$(PY) benchmarks/searchers.py --quick
+	$(PY) benchmarks/search.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check mri_tune searchers datasets experiments benchmarks tests
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache
