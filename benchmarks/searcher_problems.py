@@ -1,0 +1,167 @@
+"""Offline problems for benchmarks/searchers.py: every configuration's loss tabulated once.
+
+Each problem is a Ray Tune param space, its finite grid (searchers.space with a stated
+resolution) and a table of losses over that grid (NaN = the trial fails). A searcher's proposal is
+snapped to the nearest grid point and looked up, so a 100-trial run costs no training.
+
+scikit-learn problems (validation log-loss on a fixed stratified 70/30 split of a bundled dataset;
+tables cached in benchmarks/tables/, built on first use, ~2-5 minutes each on 2 cores):
+    svm_digits   SVC(C, gamma, kernel, class_weight) on digits      log-uniform x2 + categorical
+    gbm_cancer   HistGradientBoosting(learning_rate, max_leaf_nodes, min_samples_leaf,
+                 l2_regularization) on breast_cancer                      log + log-int + choices
+    rf_wine      RandomForest(n_estimators, max_depth, max_features, min_samples_leaf, criterion)
+                 on wine                                                   int + choices
+
+cnn_paper (SYNTHETIC): the 470,400 configurations of `paper_space()` (Table 1 of the paper) with a
+made-up but plausible validation loss, NOT measured training runs:
+    loss = 0.12 + learning-rate bowl around an optimum that grows with sqrt(batch size)
+           + under-capacity penalty exp(-(log2 filters + log2 convolutions - 6))
+           + too few poolings 0.04 (5 - num_blocks)^2 + under-training 0.3 exp(-updates / 40k)
+           + over-fitting without augmentation + deterministic noise N(0, 0.015)
+    a learning rate of 1 diverges (chance-level log-loss ln 4); the trial FAILS (out of memory)
+    when batch_size * filters * convs_per_block * (kernel_size / 3)^2 > 92,000, i.e. above ~16 GiB
+    of activations for 128x128 inputs (5.8% of the grid: big filters x batch, next to the best).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from searchers.space import SearchSpace, SpaceSettings, build_space, paper_space
+
+logger = logging.getLogger(__name__)
+TABLES = Path(__file__).resolve().parent / "tables"
+_OOM_THRESHOLD = 92_000  # batch x filters x convs x (k/3)^2: ~16 GiB of activations at 128x128
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    name: str
+    param_space: dict[str, Any]
+    space: SearchSpace
+    losses: np.ndarray  # (N,) NaN where the trial fails
+    resolution: int
+
+    @property
+    def best(self) -> float:
+        return float(np.nanmin(self.losses))
+
+
+def _sklearn_problem(name: str, param_space: dict[str, Any], resolution: int,
+                     evaluate: Callable[[dict[str, Any]], float]) -> Problem:
+    space = build_space(param_space, SpaceSettings(resolution=resolution))
+    path = TABLES / f"{name}.npy"
+    if path.exists():
+        losses = np.load(path)
+    else:
+        logger.warning("tabulating %s: %d configurations (once; cached in %s)", name,
+                       space.size, path)
+        losses = np.array([evaluate(space.config(i)) for i in range(space.size)])
+        TABLES.mkdir(exist_ok=True)
+        np.save(path, losses.astype(np.float32))
+    if len(losses) != space.size:
+        raise RuntimeError(f"{path} holds {len(losses)} losses for a grid of {space.size}: "
+                           "delete it to rebuild")
+    return Problem(name, param_space, space, np.asarray(losses, dtype=np.float64), resolution)
+
+
+def _split(loader: Callable[..., Any]) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = loader(return_X_y=True)
+    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=0.3, stratify=y,
+                                                      random_state=0)
+    scaler = StandardScaler().fit(x_train)
+    return scaler.transform(x_train), scaler.transform(x_val), y_train, y_val
+
+
+def _log_loss(model: Any, data: tuple[np.ndarray, ...]) -> float:
+    from sklearn.metrics import log_loss
+
+    x_train, x_val, y_train, y_val = data
+    model.fit(x_train, y_train)
+    return float(log_loss(y_val, model.predict_proba(x_val), labels=np.unique(y_train)))
+
+
+def svm_digits() -> Problem:
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    data = _split(load_digits)
+    space = {"C": tune.loguniform(1e-2, 1e3), "gamma": tune.loguniform(1e-5, 1e0),
+             "kernel": tune.choice(["rbf", "sigmoid"]),
+             "class_weight": tune.choice([None, "balanced"])}
+    return _sklearn_problem("svm_digits", space, 12, lambda c: _log_loss(
+        SVC(probability=True, random_state=0, **c), data))
+
+
+def gbm_cancer() -> Problem:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    data = _split(load_breast_cancer)
+    space = {"learning_rate": tune.loguniform(1e-3, 1.0),
+             "max_leaf_nodes": tune.choice([2, 4, 8, 16, 32, 64]),
+             "min_samples_leaf": tune.choice([1, 4, 16, 64]),
+             "l2_regularization": tune.choice([0.0, 0.1, 1.0, 10.0])}
+    return _sklearn_problem("gbm_cancer", space, 8, lambda c: _log_loss(
+        HistGradientBoostingClassifier(max_iter=40, random_state=0, **c), data))
+
+
+def rf_wine() -> Problem:
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import RandomForestClassifier
+
+    data = _split(load_wine)
+    space = {"n_estimators": tune.choice([5, 10, 20, 40, 80]),
+             "max_depth": tune.randint(1, 9),
+             "max_features": tune.choice([0.1, 0.25, 0.5, 1.0]),
+             "min_samples_leaf": tune.choice([1, 2, 4, 8, 16]),
+             "criterion": tune.choice(["gini", "entropy"])}
+    return _sklearn_problem("rf_wine", space, 8, lambda c: _log_loss(
+        RandomForestClassifier(random_state=0, n_jobs=1, **c), data))
+
+
+def cnn_paper() -> Problem:
+    """The SYNTHETIC loss surface over paper_space() described in the module docstring."""
+    param_space = paper_space()
+    space = build_space(param_space)
+    index = space.unravel(np.arange(space.size))
+    value = {d.name: np.asarray(d.values, dtype=np.float64)[index[:, k]]
+             for k, d in enumerate(space.dimensions)}
+    losses = _synthetic_cnn_loss(value)
+    memory = (value["batch_size"] * value["filters"] * value["convs_per_block"]
+              * (value["kernel_size"] / 3.0) ** 2)
+    losses[memory > _OOM_THRESHOLD] = np.nan
+    return Problem("cnn_paper", param_space, space, losses, space.size)
+
+
+def _synthetic_cnn_loss(v: dict[str, np.ndarray]) -> np.ndarray:
+    log_lr, batch = np.log10(v["learning_rate"]), v["batch_size"]
+    best_log_lr = -3.0 + 0.5 * np.log10(batch / 8.0)
+    lr_term = 0.06 * (log_lr - best_log_lr) ** 2
+    capacity = np.log2(v["filters"]) + np.log2(v["num_blocks"] * v["convs_per_block"])
+    under_capacity = 0.5 * np.exp(-(capacity - 6.0))
+    poolings = 0.04 * (5.0 - v["num_blocks"]) ** 2
+    updates = v["epochs"] * 80_000 / batch
+    under_training = 0.3 * np.exp(-updates / 40_000)
+    overfit = (1.0 - v["augmentation"]) * (0.08 + 0.03 * np.maximum(capacity - 8.0, 0.0))
+    kernel = np.where(v["num_blocks"] <= 3, -0.01, 0.01) * (v["kernel_size"] == 5)
+    noise = np.random.default_rng(1234).normal(0.0, 0.015, len(log_lr))
+    loss = 0.12 + lr_term + under_capacity + poolings + under_training + overfit + kernel + noise
+    return np.where(log_lr >= 0.0, math.log(4.0), np.maximum(loss, 0.01))
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "svm_digits": svm_digits, "gbm_cancer": gbm_cancer, "rf_wine": rf_wine,
+    "cnn_paper": cnn_paper,
+}

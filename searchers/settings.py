@@ -1,0 +1,85 @@
+"""The searcher's settings and its two named presets (no Ray import).
+
+`paper` reproduces Bertrand et al. (ISBI 2017): 47 random warm-up trials, a GP with a Gaussian
+(RBF) kernel on standardised losses, probability of improvement for two targets (the best loss and a
+25% improvement on it), successive proposals alternating the targets. Pending trials are only
+excluded from the grid; failures are only excluded (the paper had none).
+
+`default` is the variant that measured best on benchmarks/searchers.py (see
+benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, log-warped losses, expected
+improvement, kriging believer over the pending trials, a feasibility estimate learned from failures,
+and 10 warm-up trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mri_tune.errors import SearchSpaceError
+from searchers.feasibility import FeasibilitySettings
+from searchers.gp import FitSettings, Kernel
+from searchers.space import SpaceSettings
+from searchers.warping import OutputTransformName
+
+Acquisition = Literal["pi", "ei"]
+BatchRule = Literal["exclude", "kriging_believer"]
+PAPER_WARMUP_TRIALS = 47
+PAPER_TARGETS = (0.0, 0.25)  # relative improvements on the best loss: the best, and 25% better
+
+
+def _check(ok: bool, name: str, constraint: str, got: Any) -> None:
+    if not ok:
+        raise SearchSpaceError(f"searcher setting '{name}' must be {constraint}; got {got!r}.")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that decides the proposals; defaults are the `default` preset."""
+
+    kernel: Kernel = "matern52"
+    output_transform: OutputTransformName = "log"
+    acquisition: Acquisition = "ei"
+    targets: tuple[float, ...] = PAPER_TARGETS  # used by acquisition "pi"
+    warmup_trials: int = 10
+    batch_rule: BatchRule = "kriging_believer"
+    feasibility: bool = True  # multiply the acquisition by p_feasible (feasibility.py)
+    impute_failures: bool = True  # a failed trial enters the GP at the worst loss seen
+    candidates: int = 4096  # grid points whose exact posterior variance is computed per refit
+    fit: FitSettings = field(default_factory=FitSettings)
+    feasibility_model: FeasibilitySettings = field(default_factory=FeasibilitySettings)
+    space: SpaceSettings = field(default_factory=SpaceSettings)
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_trials >= 0, "warmup_trials", "an int >= 0", self.warmup_trials)
+        _check(len(self.targets) >= 1 and all(0 <= t < 1 for t in self.targets), "targets",
+               "a non-empty tuple of relative improvements in [0, 1)", self.targets)
+        _check(self.candidates >= 1, "candidates", "an int >= 1", self.candidates)
+        _check(self.kernel in ("rbf", "matern52"), "kernel", "'rbf' or 'matern52'", self.kernel)
+        _check(self.acquisition in ("pi", "ei"), "acquisition", "'pi' or 'ei'",
+               self.acquisition)
+        _check(self.output_transform in ("standardize", "log", "rank"), "output_transform",
+               "'standardize', 'log' or 'rank'", self.output_transform)
+        _check(self.batch_rule in ("exclude", "kriging_believer"), "batch_rule",
+               "'exclude' or 'kriging_believer'", self.batch_rule)
+
+
+PRESETS: dict[str, SearchSettings] = {
+    "paper": SearchSettings(kernel="rbf", output_transform="standardize", acquisition="pi",
+                            targets=PAPER_TARGETS, warmup_trials=PAPER_WARMUP_TRIALS,
+                            batch_rule="exclude", feasibility=False, impute_failures=False),
+    "default": SearchSettings(),
+}
+
+
+def resolve_settings(preset: str, **overrides: Any) -> SearchSettings:
+    """A preset with some fields replaced (None values are ignored)."""
+    if preset not in PRESETS:
+        raise SearchSpaceError(
+            f"unknown searcher preset {preset!r}; choose one of {sorted(PRESETS)}."
+        )
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "targets" in changes:
+        changes["targets"] = tuple(float(t) for t in changes["targets"])
+    return dataclasses.replace(PRESETS[preset], **changes)

@@ -1,0 +1,91 @@
+"""The GP (searchers/gp.py) and the product-grid sums (searchers/grid.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from searchers.gp import (
+    FitSettings,
+    GPHyperparameters,
+    GPPosterior,
+    PairDistances,
+    correlation,
+    fit_hyperparameters,
+    kernel_matrix,
+    log_marginal_likelihood,
+)
+from searchers.grid import ProductGrid, grid_sums, table_rows
+
+
+def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a.T[:, :, None] - b.T[:, None, :]) ** 2  # (D, n, m)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern52"])
+def test_lml_gradient_matches_finite_differences(kernel):
+    rng = np.random.default_rng(0)
+    x = rng.random((15, 3))
+    y = np.sin(4 * x[:, 0]) + x[:, 1] ** 2
+    distances = PairDistances.from_sqdist(_sqdist(x, x))
+    theta = np.log([0.4, 0.7, 1.3, 1.1, 0.05])
+    _, grad = log_marginal_likelihood(theta, distances, y, kernel)
+    step = 1e-6
+    for j in range(len(theta)):
+        up, down = theta.copy(), theta.copy()
+        up[j] += step
+        down[j] -= step
+        numeric = (log_marginal_likelihood(up, distances, y, kernel)[0]
+                   - log_marginal_likelihood(down, distances, y, kernel)[0]) / (2 * step)
+        assert grad[j] == pytest.approx(numeric, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern52"])
+def test_fitted_gp_interpolates_noise_free_points(kernel):
+    rng = np.random.default_rng(1)
+    x = rng.random((12, 2))
+    y = np.cos(3 * x[:, 0]) * x[:, 1]
+    y = (y - y.mean()) / y.std()
+    distances = PairDistances.from_sqdist(_sqdist(x, x))
+    params = fit_hyperparameters(distances, y, kernel, FitSettings(), rng)
+    assert params.noise_variance < 1e-3  # noise-free data: the evidence drives noise down
+    posterior = GPPosterior.condition(distances, y, params, kernel)
+    mean, variance = posterior.predict(kernel_matrix(_sqdist(x, x), params, kernel))
+    np.testing.assert_allclose(mean, y, atol=0.05)
+    assert variance.max() < 1e-2 * params.signal_variance
+
+
+def test_duplicated_inputs_with_tiny_noise_still_factorise():
+    x = np.zeros((6, 2))  # six identical points: a rank-one kernel matrix
+    distances = PairDistances.from_sqdist(_sqdist(x, x))
+    params = GPHyperparameters((0.5, 0.5), 1.0, 1e-12)
+    posterior = GPPosterior.condition(distances, np.ones(6), params, "rbf")
+    assert np.all(np.isfinite(posterior.alpha))
+
+
+def test_grid_sums_equal_brute_force_kernel_sums():
+    rng = np.random.default_rng(2)
+    shape = (3, 4, 2, 5)
+    grid = ProductGrid.for_shape(shape)
+    n = 7
+    train = np.stack([rng.integers(0, s, n) for s in shape], axis=1)  # (n, D)
+    encoded = [np.linspace(0, 1, s) for s in shape]
+    tables = [correlation((encoded[d][:, None] - encoded[d][train[:, d]][None]) ** 2 / 0.3,
+                          "matern52") for d in range(len(shape))]
+    weights = rng.standard_normal((n, 2))
+    every = np.stack(np.unravel_index(np.arange(grid.size), shape), axis=1)
+    expected = table_rows(tables, every, n) @ weights
+    np.testing.assert_allclose(grid_sums(grid, tables, weights), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["standardize", "log", "rank"])
+def test_output_transforms_are_monotone_and_standardised(kind):
+    from searchers.warping import fit_output_transform
+
+    losses = np.array([0.30, 0.25, 2.3, 0.26, 0.9, 0.25, 0.41])
+    transform = fit_output_transform(losses, kind)
+    z = transform(losses)
+    assert z.mean() == pytest.approx(0.0, abs=1e-9) and z.std() == pytest.approx(1.0, rel=1e-9)
+    probe = np.array([0.1, 0.2, 0.25, 0.255, 0.3, 1.0, 3.0])  # incl. PI targets below the best
+    assert np.all(np.diff(transform(probe)) >= 0)
+    assert transform(np.array([0.15]))[0] < transform(np.array([0.25]))[0]

@@ -1,0 +1,86 @@
+"""Ray Tune param space -> finite grid (searchers/space.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from ray import tune
+
+from mri_tune.errors import SearchSpaceError
+from searchers.space import PAPER_BASELINE, SpaceSettings, build_space, paper_space
+
+
+def test_paper_space_is_table_1_of_the_paper():
+    space = build_space(paper_space())
+    assert space.size == 470_400
+    values = {d.name: d.values for d in space.dimensions}
+    assert values["num_blocks"] == (1, 2, 3, 4, 5)
+    assert values["convs_per_block"] == tuple(range(1, 8))
+    assert values["filters"] == (4, 8, 16, 32, 64, 128)
+    assert values["kernel_size"] == (3, 5)
+    assert values["learning_rate"] == tuple(10.0**e for e in range(-7, 1))
+    assert values["batch_size"] == (4, 8, 16, 32, 64, 128, 256)
+    assert values["epochs"] == tuple(range(10, 101, 10))
+    assert set(values["augmentation"]) == {True, False}
+    scales = {d.name: d.scale for d in space.dimensions}
+    assert scales["filters"] == scales["learning_rate"] == scales["batch_size"] == "log"
+    assert scales["augmentation"] == "categorical"
+    assert space.config(space.index_of(PAPER_BASELINE)) == PAPER_BASELINE
+
+
+def test_log_scale_encodes_powers_of_two_evenly():
+    space = build_space({"filters": tune.choice([4, 8, 16, 32]), "n": tune.lograndint(1, 101)})
+    filters, n = space.dimensions
+    np.testing.assert_allclose(filters.encoded, [0, 1 / 3, 2 / 3, 1])
+    assert n.scale == "log" and n.values == tuple(range(1, 101))
+    assert n.encoded[9] == pytest.approx(math.log(10) / math.log(100))
+
+
+def test_integer_and_quantized_bounds_follow_ray():
+    space = build_space({"a": tune.randint(0, 3), "b": tune.qrandint(10, 30, 10),
+                         "c": tune.quniform(0.0, 1.0, 0.25)})
+    a, b, c = space.dimensions
+    assert a.values == (0, 1, 2)  # upper exclusive
+    assert b.values == (10, 20, 30)  # q > 1: upper inclusive
+    assert c.values == (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_continuous_domains_use_the_configured_resolution():
+    space = build_space({"lr": tune.loguniform(1e-4, 1e-1), "m": tune.uniform(0, 1)},
+                        SpaceSettings(resolution=4))
+    lr, m = space.dimensions
+    np.testing.assert_allclose(lr.values, [1e-4, 1e-3, 1e-2, 1e-1])
+    np.testing.assert_allclose(m.values, [0, 1 / 3, 2 / 3, 1])
+    assert space.size == 16
+
+
+@pytest.mark.parametrize("domain, words", [
+    (tune.grid_search([1, 2]), "grid_search"),
+    (tune.sample_from(lambda spec: 1), "sample_from"),
+    (tune.randn(), "Normal"),
+])
+def test_unenumerable_domains_are_rejected_with_advice(domain, words):
+    with pytest.raises(SearchSpaceError, match=words):
+        build_space({"x": domain, "y": tune.randint(0, 2)})
+
+
+def test_nested_spaces_and_constants_round_trip():
+    model = {"depth": tune.randint(1, 4), "act": tune.choice(["relu", "gelu"])}
+    space = build_space({"model": model, "seed": 7})
+    config = space.config(3)
+    assert config["seed"] == 7 and set(config["model"]) == {"depth", "act"}
+    assert space.index_of(config) == 3
+    assert space.index_of({"model/depth": config["model"]["depth"],
+                           "model/act": config["model"]["act"]}) == 3
+    with pytest.raises(SearchSpaceError, match="lacks"):
+        space.index_of({"model": {"depth": 1}})
+
+
+def test_definition_round_trips_through_plain_data():
+    space = build_space(paper_space())
+    again = type(space).from_dict(space.to_dict())
+    assert again.shape == space.shape
+    for a, b in zip(space.dimensions, again.dimensions, strict=True):
+        np.testing.assert_array_equal(a.encoded, b.encoded)
