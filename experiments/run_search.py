@@ -1,0 +1,110 @@
+"""The whole search on Ray Tune: store, GP search of the CNN, top-ten ensemble, evaluation, report.
+
+Wiring only (the work is in mri_tune.experiment, .ensemble, .evaluate, .report): store -> Ray
+Tune (GPPISearch over the CNN space) -> top-ten ensemble -> evaluation -> report.
+
+With no arguments it is the embedded default (`make demo`): a local Ray on this machine's CPUs,
+the sample store (built from the sample MRI data on first use), `--scale demo`, then the ensemble,
+its evaluation on the test split and the report, whose path is printed at the end.
+
+Examples:
+    python experiments/run_search.py                          # the demo, about 10 min on 2 CPUs
+    python experiments/run_search.py --resume                 # continue it after a crash
+    python experiments/run_search.py --scale paper --gpus 8 --address auto \\
+        --storage s3://bucket/mri-tune --num-samples 150     # the paper's search on a cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mri_tune import experiment
+from mri_tune.ensemble import build_ensemble
+from mri_tune.errors import MriTuneError
+from mri_tune.evaluate import evaluate, format_report
+from mri_tune.report import write_report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--store", type=Path, default=None,
+                      help="slice store (.h5); built from the sample data when absent "
+                           "(default: OUT/sample_store_SIZE.h5, SIZE 32 demo, 128 paper)")
+    data.add_argument("--samples", type=Path, default=None,
+                      help="folder of MR volumes with a manifest.csv to build the store from "
+                           "(default: $MRI_TUNE_SAMPLES, else ../shared/data/mri; without either, "
+                           "a small set of the MR files that PyPI packages ship)")
+    data.add_argument("--out", type=Path, default=Path("demo_output"),
+                      help="folder of the store, ensemble, evaluation and report")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--scale", choices=["demo", "paper", "smoke"], default="demo",
+                       help="demo: a CPU-sized corner of Table 1, few epochs and images; paper: "
+                            "Table 1 and 80,000 images per epoch; smoke: tiny, for tests")
+    model.add_argument("--top", type=int, default=10, help="members of the ensemble")
+
+    search = parser.add_argument_group("search")
+    search.add_argument("--num-samples", type=int, default=None,
+                        help="trials in all (default: 20 demo, 150 paper, 6 smoke)")
+    search.add_argument("--warmup-trials", type=int, default=None,
+                        help="random trials before the GP (default: 8 demo, 47 paper, 3 smoke)")
+    search.add_argument("--searcher-preset", choices=["default", "paper"], default="default",
+                        help="GPPISearch preset: the measured best, or the paper's recipe")
+    search.add_argument("--seed", type=int, default=0, help="seed of the searcher and trials")
+    search.add_argument("--name", default=None, help="experiment name (default: mri_tune_SCALE)")
+    search.add_argument("--storage", default=None,
+                        help="experiment folder: a local path or a URI Ray accepts (s3://, "
+                             "gs://, a shared filesystem) for multi-node runs (default: OUT/ray)")
+    search.add_argument("--resume", action="store_true",
+                        help="restore the experiment --storage/--name after a crash")
+    search.add_argument("--on-error", choices=["retry", "report"], default="report",
+                        help="on --resume, retry errored trials from their last checkpoint, "
+                             "or keep them as errors in the results")
+    search.add_argument("--max-failures", type=int, default=0,
+                        help="automatic retries of a failing trial during the run")
+
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument("--address", default=None,
+                         help="an existing Ray cluster: 'auto' or HOST:PORT (default: local Ray)")
+    cluster.add_argument("--gpus", type=float, default=0.0, help="GPUs for the search (0: CPU)")
+    cluster.add_argument("--gpus-per-trial", type=float, default=None,
+                         help="GPU share of a trial (default: 0.25, 0.5 or 1 from model size)")
+    cluster.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of a trial")
+    cluster.add_argument("--max-concurrent", type=int, default=None,
+                         help="trials running at once (default: the GPU slots, or CPU slots)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = experiment.settings_from_options(vars(args))
+        experiment.prepare(settings)
+        print(f"TensorBoard: {experiment.tensorboard_command(settings)}", flush=True)
+        with experiment.ray_session(settings) as cluster_cpus:
+            if settings.resume:
+                tuner = experiment.restore_tuner(settings)
+            else:
+                tuner = experiment.build_tuner(settings, cluster_cpus)
+            tuner.fit()
+        experiment_dir = experiment.local_experiment_dir(settings)
+        ensemble_dir = build_ensemble(experiment_dir, settings.out / "ensemble", settings.top)
+        evaluation = evaluate(ensemble_dir, settings.store, "test")
+        print(format_report(evaluation))
+        report = write_report(experiment_dir, ensemble_dir, settings.store,
+                              settings.out / "report", evaluation=evaluation)
+    except MriTuneError as err:
+        print(f"run_search: error: {err}", file=sys.stderr)
+        return 2
+    print(f"\nReport: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

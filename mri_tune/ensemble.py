@@ -1,0 +1,285 @@
+"""The top-k trials of a search as one self-contained ensemble folder; softmax averaging.
+
+Trials are ranked by their best validation loss (the minimum over their epochs of the
+class-weighted cross-entropy on the validation split, the metric the searcher minimises); each
+member is that trial's checkpoint at its best epoch (Tune's CheckpointConfig keeps it).
+
+Ensemble folder (format 1):
+    ensemble.json          classes, image_size, preprocessing (the store's ingest parameters),
+                           store path and provenance, the ranking rule, and for each member:
+                           trial_id, val_loss, val_error, epoch, config, spec, weights file
+    members/<trial>.pt     the member's checkpoint without optimizer and RNG state
+                           (readable by `mri_tune.train.load_checkpoint`)
+    baseline/<trial>.pt    the paper's baseline trial when the search ran it (for evaluation)
+
+Prediction: p(c | x) = (1 / K) sum_k softmax_k(x)_c over the K members (the paper, section 3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mri_tune.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_FORMAT_VERSION = 1
+METRIC = "val_loss"
+RANKING = "best validation loss (minimum over epochs of the class-weighted cross-entropy)"
+_DROPPED_KEYS = ("optimizer", "rng")  # training state a member for inference does not need
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of an experiment, as the ranking and the report see it."""
+
+    trial_id: str
+    index: int  # order of creation (Tune's trial counter)
+    config: dict[str, Any]
+    status: str
+    best_val_loss: float  # NaN when the trial reported nothing
+    best_val_error: float  # val_error at the epoch of the best val_loss
+    best_epoch: int
+    epochs_run: int
+    checkpoint: str | None  # the best checkpoint's folder
+
+    @property
+    def finished_ok(self) -> bool:
+        return math.isfinite(self.best_val_loss) and self.checkpoint is not None
+
+
+def load_trials(experiment_dir: Path) -> list[TrialRecord]:
+    """Every trial of a Tune experiment folder, in creation order (reads, never writes)."""
+    from ray.tune import ExperimentAnalysis
+
+    experiment_dir = Path(experiment_dir)
+    if not any(experiment_dir.glob("experiment_state-*.json")):
+        raise InputError(f"{experiment_dir} is not a Ray Tune experiment folder (no "
+                         "experiment_state-*.json); pass --storage/--name of a search run, e.g. "
+                         "demo_output/ray/mri_tune_demo.")
+    analysis = ExperimentAnalysis(str(experiment_dir), default_metric=METRIC, default_mode="min")
+    frames = analysis.trial_dataframes
+    records = [_record(trial, frames.get(trial.trial_id), analysis) for trial in analysis.trials]
+    return sorted(records, key=lambda r: (r.index, r.trial_id))
+
+
+def _record(trial, frame, analysis) -> TrialRecord:
+    # Tune numbers trials in creation order at the head of the experiment tag ("7_lr=0.01,...").
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    index = int(head) if head.isdigit() else 0
+    if frame is None or METRIC not in frame or frame[METRIC].isna().all():
+        return TrialRecord(trial.trial_id, index, dict(trial.config), str(trial.status),
+                           math.nan, math.nan, 0, 0, None)
+    best = frame[METRIC].idxmin()
+    checkpoint = analysis.get_best_checkpoint(trial, metric=METRIC, mode="min")
+    return TrialRecord(
+        trial.trial_id, index, dict(trial.config), str(trial.status),
+        float(frame.loc[best, METRIC]), float(frame.loc[best, "val_error"]),
+        int(frame.loc[best, "training_iteration"]), int(frame["training_iteration"].max()),
+        None if checkpoint is None else checkpoint.path)
+
+
+def rank_trials(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """Trials with a best checkpoint, best validation loss first (ties: earlier trial first)."""
+    return sorted((t for t in trials if t.finished_ok), key=lambda t: (t.best_val_loss, t.index))
+
+
+def build_ensemble(experiment_dir: Path, out: Path, top: int = 10,
+                   baseline_config: dict[str, Any] | None = None) -> Path:
+    """Write the ensemble folder of the `top` best trials of `experiment_dir` into `out`.
+
+    baseline_config: the Table 1 config of the paper's baseline (default: the one the search
+    recorded in its settings file); the trial that ran it is stored for side-by-side evaluation.
+    """
+    from mri_tune.experiment import read_search_record
+
+    if top < 1:
+        raise InputError(f"--top must be an integer >= 1. Got {top}; the paper averages 10.")
+    trials = load_trials(experiment_dir)
+    ranked = rank_trials(trials)
+    if not ranked:
+        raise InputError(f"{experiment_dir} holds no trial with a validation loss and a "
+                         "checkpoint; let the search finish at least one trial (or --resume it).")
+    if len(ranked) < top:
+        logger.warning("only %d trials have a checkpoint; the ensemble has %d members, not %d",
+                       len(ranked), len(ranked), top)
+    record = read_search_record(experiment_dir)
+    if baseline_config is None and record is not None:
+        baseline_config = record.get("baseline_config")
+    out = _fresh_folder(Path(out))
+    members = [_write_member(t, out / "members") for t in ranked[:top]]
+    baseline = _find_baseline(trials, baseline_config)
+    manifest = _manifest(members, record, experiment_dir,
+                         None if baseline is None else _write_member(baseline, out / "baseline"))
+    (out / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=1))
+    logger.info("ensemble of %d trials written to %s", len(members), out)
+    return out
+
+
+def _fresh_folder(out: Path) -> Path:
+    """`out`, emptied when it holds an earlier ensemble (whose stale members must not survive);
+    any other non-empty folder is refused rather than deleted."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / ENSEMBLE_FILE).is_file():
+            raise InputError(f"--out {out} is a non-empty folder that holds no ensemble; pass a "
+                             "new folder (an earlier ensemble folder is replaced).")
+        shutil.rmtree(out)
+    return out
+
+
+def _write_member(trial: TrialRecord, folder: Path) -> dict[str, Any]:
+    import torch
+
+    from mri_tune.train import read_checkpoint
+
+    payload = read_checkpoint(Path(trial.checkpoint))
+    for key in _DROPPED_KEYS:
+        payload.pop(key, None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{trial.trial_id}.pt"
+    torch.save(payload, path)
+    return {"trial_id": trial.trial_id, "val_loss": trial.best_val_loss,
+            "val_error": trial.best_val_error, "epoch": trial.best_epoch,
+            "config": _jsonable(trial.config), "spec": payload["spec"],
+            "class_names": payload["class_names"], "image_size": payload["image_size"],
+            "weights": f"{folder.name}/{path.name}"}
+
+
+def _find_baseline(trials: list[TrialRecord], config: dict[str, Any] | None
+                   ) -> TrialRecord | None:
+    if not config:
+        return None
+    runs = [t for t in trials if t.finished_ok
+            and all(_same(t.config.get(k), v) for k, v in config.items())]
+    return min(runs, key=lambda t: t.index) if runs else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
+
+
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in config.items()}
+
+
+def _manifest(members: list[dict], record: dict | None, experiment_dir: Path,
+              baseline: dict | None) -> dict[str, Any]:
+    from mri_tune.store import SliceStore
+
+    if record is None or "store" not in record:
+        raise InputError(f"{experiment_dir} has no search record (mri_tune_search.json) naming "
+                         "its store; run the search with experiments/run_search.py.")
+    store = SliceStore(Path(record["store"]))
+    classes = list(store.classes)
+    for m in members:
+        if list(m["class_names"]) != classes:
+            raise InputError(f"Trial {m['trial_id']} was trained on classes {m['class_names']} "
+                             f"but the store {record['store']} has {classes}; rebuild the "
+                             "ensemble from an experiment on this store.")
+    return {"format_version": ENSEMBLE_FORMAT_VERSION, "classes": classes,
+            "image_size": list(store.image_size), "preprocessing": store.preprocessing,
+            "store": str(record["store"]), "experiment": str(experiment_dir),
+            "ranking": RANKING, "members": members, "baseline": baseline}
+
+
+class Ensemble:
+    """K trained members whose softmax outputs are averaged.
+
+    classes: class names (C,); preprocessing: the ingest parameters new volumes need;
+    members: the member descriptions of ensemble.json (trial ids, scores, specs).
+    """
+
+    def __init__(self, models: list, classes: tuple[str, ...], image_size: tuple[int, int],
+                 preprocessing: dict[str, Any], members: list[dict[str, Any]]) -> None:
+        if not models:
+            raise InputError("An ensemble needs at least one member; rebuild it with "
+                             "`mri-tune ensemble`.")
+        self.models = models
+        self.classes = tuple(classes)
+        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.members = members
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """(N, H, W) uint8 slices -> (N, C) mean of the members' softmax probabilities."""
+        from mri_tune.train import predict_proba
+
+        images = np.asarray(images)
+        if images.ndim != 3 or tuple(images.shape[1:]) != tuple(self.image_size):
+            raise InputError(f"The ensemble takes (N, {self.image_size[0]}, "
+                             f"{self.image_size[1]}) uint8 slices. Got {images.shape}; "
+                             "preprocess volumes with the ensemble's preprocessing parameters.")
+        total = np.zeros((len(images), len(self.classes)), dtype=np.float64)
+        for model in self.models:
+            total += predict_proba(model, images, batch_size=batch_size)
+        return (total / len(self.models)).astype(np.float32)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / ENSEMBLE_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} is not an ensemble folder (no {ENSEMBLE_FILE}); build one "
+                         "with `mri-tune ensemble --experiment DIR --out ENS`.")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != ENSEMBLE_FORMAT_VERSION:
+        raise InputError(f"{path} has ensemble format {manifest.get('format_version')!r}; this "
+                         f"mri-tune reads format {ENSEMBLE_FORMAT_VERSION}. Rebuild it.")
+    return manifest
+
+
+def load_ensemble(folder: Path, device: str = "cpu", part: str = "members") -> Ensemble:
+    """Load an ensemble folder; part="baseline" loads its baseline member instead."""
+    from mri_tune.train import load_checkpoint
+
+    manifest = _read_manifest(folder)
+    members = manifest["members"] if part == "members" else [manifest["baseline"]]
+    models = [load_checkpoint(Path(folder) / m["weights"], device).model for m in members]
+    return Ensemble(models, tuple(manifest["classes"]), tuple(manifest["image_size"]),
+                    manifest["preprocessing"], members)
+
+
+def load_classifiers(path: Path, classes: list[str] | tuple[str, ...]) -> dict[str, Ensemble]:
+    """What `evaluate` compares: {"baseline", "ensemble"} for an ensemble folder (baseline when
+    the search ran it), {"model"} for one checkpoint (a file or a folder holding checkpoint.pt)."""
+    from mri_tune.train import load_checkpoint
+
+    path = Path(path)
+    if (path / ENSEMBLE_FILE).is_file():
+        manifest = _read_manifest(path)
+        found = {"baseline": load_ensemble(path, part="baseline")} if manifest["baseline"] else {}
+        found["ensemble"] = load_ensemble(path)
+        models = found
+    else:
+        loaded = load_checkpoint(path)
+        models = {"model": Ensemble([loaded.model], tuple(loaded.class_names), loaded.image_size,
+                                    {}, [{"checkpoint": str(path)}])}
+    for name, model in models.items():
+        if list(model.classes) != list(classes):
+            raise InputError(f"The {name} at {path} predicts classes {list(model.classes)} but "
+                             f"the store has {list(classes)}; evaluate on the store it was "
+                             "trained on.")
+    return models
+
+
+def describe_ensemble(folder: Path) -> str:
+    """A few lines naming the members and their scores (what `mri-tune ensemble` prints)."""
+    manifest = _read_manifest(folder)
+    lines = [f"ensemble of {len(manifest['members'])} trials written to {folder} "
+             f"(ranked by {manifest['ranking']}):"]
+    lines += [f"  {m['trial_id']}  val_loss {m['val_loss']:.4f}  val_error {m['val_error']:.3f}"
+              for m in manifest["members"]]
+    baseline = manifest["baseline"]
+    lines.append(f"baseline trial: {baseline['trial_id']} (val_loss {baseline['val_loss']:.4f})"
+                 if baseline else "baseline trial: none in this experiment")
+    return "\n".join(lines)
