@@ -21,7 +21,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, type=Path,
                    help="CSV with columns path, region, subject (optional: slices, others kept)")
     p.add_argument("--root", type=Path, default=None,
-                   help="folder the manifest's paths are relative to (default: the manifest's folder)")
+                   help="folder the manifest's paths are relative to "
+                        "(default: the manifest's folder)")
     p.add_argument("--out", required=True, type=Path, help="the store to write (.h5)")
     p.add_argument("--size", type=int, default=128, help="slices are resized to SIZE x SIZE")
     p.add_argument("--planes", choices=["acquisition", "all"], default="acquisition",
@@ -31,6 +32,11 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                    help="stop at the first bad row, or skip bad rows and list them in the store")
+    p.add_argument("--max-frames", type=int, default=3,
+                   help="4D files and repeated series: keep at most this many evenly spaced frames")
+    p.add_argument("--allow-small-regions", action="store_true",
+                   help="accept regions of fewer than 3 subjects (absent from some splits; "
+                        "the summary warns)")
     p.set_defaults(handler=_cmd_ingest)
 
 
@@ -40,7 +46,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     settings = IngestSettings(
         manifest=args.manifest, root=args.root, out=args.out, size=args.size,
         planes=args.planes, split=parse_split_fractions(args.split), seed=args.seed,
-        on_error=args.on_error,
+        on_error=args.on_error, max_frames=args.max_frames,
+        allow_small_regions=args.allow_small_regions,
     )
     report = ingest(settings)
     print(report.summary())
@@ -62,6 +69,121 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one CNN on a store, outside Ray (baseline, debugging)")
+    p.add_argument("--store", required=True, type=Path, help="the slice store (.h5)")
+    p.add_argument("--config", default="baseline",
+                   help="'baseline' (the paper's) or a JSON file of Table 1 keys over the baseline")
+    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    p.add_argument("--images-per-epoch", type=int, default=None,
+                   help="training images per epoch (default: 4 x the training set)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when available")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of initialisation, sampling and augmentation")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for metrics.json (one object per epoch) and checkpoint.pt")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mri_tune.train import read_config, train_from_store
+
+    spec, config = read_config(args.config)
+    overrides = {"epochs": args.epochs, "images_per_epoch": args.images_per_epoch}
+    config = dataclasses.replace(config, seed=args.seed,
+                                 **{k: v for k, v in overrides.items() if v is not None})
+    history = train_from_store(args.store, spec, config, args.out, device=args.device)
+    last = history[-1]
+    print(f"trained {spec} for {last.epoch} epochs: val_loss {last.val_loss:.4f}, "
+          f"val_error {last.val_error:.4f}; wrote {args.out}/metrics.json and checkpoint.pt")
+    return 0
+
+
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ensemble", help="average the top trials of a search into one model folder")
+    p.add_argument("--experiment", required=True, type=Path,
+                   help="the Tune experiment folder (run_search.py's --storage/--name)")
+    p.add_argument("--top", type=int, default=10,
+                   help="members: the trials with the lowest best validation loss (the minimum "
+                        "over epochs of the class-weighted cross-entropy), each at its best epoch")
+    p.add_argument("--out", required=True, type=Path, help="the ensemble folder to write")
+    p.set_defaults(handler=_cmd_ensemble)
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from mri_tune.ensemble import build_ensemble, describe_ensemble
+
+    print(describe_ensemble(build_ensemble(args.experiment, args.out, args.top)))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="slice and volume confusion matrices of a model on a split")
+    p.add_argument("--model", required=True, type=Path,
+                   help="an ensemble folder (evaluated beside the baseline it carries) or one "
+                        "checkpoint (checkpoint.pt or its folder)")
+    p.add_argument("--store", required=True, type=Path, help="the slice store (.h5)")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--json", action="store_true", help="print the evaluation as JSON")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mri_tune.evaluate import evaluate, format_report
+
+    report = evaluate(args.model, args.store, args.split)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="markdown report with figures of a search and its ensemble")
+    p.add_argument("--experiment", required=True, type=Path, help="the Tune experiment folder")
+    p.add_argument("--ensemble", required=True, type=Path, help="the ensemble folder")
+    p.add_argument("--store", required=True, type=Path, help="the slice store (.h5)")
+    p.add_argument("--split", choices=["validation", "test"], default="test",
+                   help="split of the evaluation")
+    p.add_argument("--out", required=True, type=Path, help="folder of report.md and its PNGs")
+    p.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mri_tune.report import write_report
+
+    path = write_report(args.experiment, args.ensemble, args.store, args.out, split=args.split)
+    print(f"report written to {path}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="region of each slice and of each volume (NIfTI, DICOM "
+                                       "series folder, NRRD)")
+    p.add_argument("--model", required=True, type=Path, help="an ensemble folder")
+    p.add_argument("volumes", nargs="+", type=Path, help="volume files or DICOM series folders")
+    p.add_argument("--threshold", type=float, default=0.7,
+                   help="a slice is labelled only where one class's probability exceeds this")
+    p.add_argument("--json", action="store_true", help="print per-slice probabilities as JSON")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="PNG of the slice-by-slice probability profile of each volume")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mri_tune.predict import format_predictions, plot_profiles, predict_volumes
+
+    predictions = predict_volumes(args.model, args.volumes, args.threshold)
+    if args.plot is not None:
+        plot_profiles(predictions, args.plot, args.threshold)
+    if args.json:
+        print(json.dumps({"volumes": [p.to_dict() for p in predictions]}, indent=1))
+    else:
+        print(format_predictions(predictions, args.plot))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mri-tune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -79,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Subcommands of later issues (train, ensemble, evaluate, report, predict) register here too.
-_SUBCOMMANDS = [_add_ingest, _add_store_info]
+_SUBCOMMANDS = [_add_ingest, _add_store_info, _add_train,
+                _add_ensemble, _add_evaluate, _add_report, _add_predict]
 
 
 if __name__ == "__main__":
