@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q "$(TORCH)" -e ".[dev,bench]"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,8 +29,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
+# The searcher benchmark compares against Optuna and HyperOpt: installed for benchmarks only.
 bench: $(STAMP)
-	$(PY) benchmarks/store.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/store.py --quick
 	$(PY) benchmarks/train.py --quick
 	$(PY) benchmarks/searchers.py --quick
 	$(PY) benchmarks/search.py
