@@ -86,9 +86,8 @@ def summarise_volume(path: str, probs: np.ndarray, classes: tuple[str, ...], thr
 def predict_volumes(model_path: Path, volumes: list[Path], threshold: float = DEFAULT_THRESHOLD
                     ) -> list[VolumePrediction]:
     """Read, preprocess as ingest did, and classify each volume with the ensemble `model_path`."""
-    from mri_tune_datasets.preprocess import volume_file_to_slices
-
     from mri_tune.ensemble import load_ensemble
+    from mri_tune_datasets.preprocess import volume_file_to_slices
 
     check_threshold(threshold)
     ensemble = load_ensemble(model_path)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mri_tune_datasets.ingest import IngestSettings, ingest
 
 from mri_tune.cli import main
 from mri_tune.errors import InputError
 from mri_tune.store import SliceStore
+from mri_tune_datasets.ingest import IngestSettings, ingest
 
 
 def _missing(tiny) -> str:

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from mri_tune_datasets.fallback import PackagedFile, build_fallback_manifest
-from mri_tune_datasets.ingest import IngestSettings, ingest
 
 from mri_tune.errors import InputError
+from mri_tune_datasets.fallback import PackagedFile, build_fallback_manifest
+from mri_tune_datasets.ingest import IngestSettings, ingest
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mri_tune_datasets.preprocess import volume_file_to_slices
-from mri_tune_datasets.split import split_subjects
 
 from mri_tune.cli import main
 from mri_tune.store import PLANES, SPLITS, SliceStore
+from mri_tune_datasets.preprocess import volume_file_to_slices
+from mri_tune_datasets.split import split_subjects
 
 pytestmark = pytest.mark.slow
 

@@ -86,10 +86,9 @@ def test_predict_reports_unreadable_input_as_ingest_does(trained_search, tmp_pat
 @pytest.mark.slow
 def test_new_volumes_are_sliced_exactly_as_ingest_did(trained_search) -> None:  # noqa: F811
     """The ensemble's saved preprocessing turns a sample volume into the store's very slices."""
-    from mri_tune_datasets.preprocess import PLANES, volume_file_to_slices
-
     from mri_tune.ensemble import load_ensemble
     from mri_tune.store import SliceStore
+    from mri_tune_datasets.preprocess import PLANES, volume_file_to_slices
 
     path = REGION_VOLUMES["pelvis"]
     store = SliceStore(trained_search.store)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+
+from mri_tune.errors import InputError
 from mri_tune_datasets.preprocess import (
     Preprocessing,
     canonicalise,
@@ -13,8 +15,6 @@ from mri_tune_datasets.preprocess import (
     volume_file_to_slices,
 )
 from mri_tune_datasets.readers import acquisition_axis, read_volumes
-
-from mri_tune.errors import InputError
 
 
 def _marker_volume(shape=(20, 16, 10), at=(2, 8, 5)) -> np.ndarray:

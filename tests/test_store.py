@@ -9,13 +9,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from mri_tune_datasets.preprocess import SliceBatch
-from mri_tune_datasets.split import parse_split_fractions, split_subjects, split_targets
-from mri_tune_datasets.writer import StoreWriter, VolumeRecord
 
 from mri_tune.errors import InputError, StoreError
 from mri_tune.samples import find_samples
 from mri_tune.store import SliceStore, format_info
+from mri_tune_datasets.preprocess import SliceBatch
+from mri_tune_datasets.split import parse_split_fractions, split_subjects, split_targets
+from mri_tune_datasets.writer import StoreWriter, VolumeRecord
 
 
 def _batch(n: int, value: int, plane: str = "axial", size: int = 8) -> SliceBatch:
