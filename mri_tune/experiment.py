@@ -4,7 +4,7 @@
 
 Scales:
     paper   Table 1 as published: 470,400 configurations, 10..100 epochs, 80,000 images per epoch.
-    demo    a CPU-sized corner of Table 1 (4 or 6 epochs of 768 images, small models, 32x32
+    demo    a CPU-sized corner of Table 1 (4 or 6 epochs of 2,048 images, small models, 32x32
             slices) so the default run (search, ensemble, evaluation, report) fits in 10 minutes
             on 2 CPU cores.
     smoke   8 small configurations that learn (6 or 8 epochs of 1024 images): tests.
@@ -43,7 +43,7 @@ METRIC = "val_loss"
 
 PAPER_IMAGES_PER_EPOCH = 80_000
 """Images generated per epoch at paper scale (the paper: 4x its training set)."""
-DEMO_IMAGES_PER_EPOCH = 768
+DEMO_IMAGES_PER_EPOCH = 2048
 SMOKE_IMAGES_PER_EPOCH = 1024
 
 # GPU share per trial (docs/DESIGN.md measurements on one H200): a trial whose convolutions cost
