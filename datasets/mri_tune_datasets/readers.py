@@ -89,7 +89,8 @@ def read_volumes(path: Path, max_frames: int) -> list[RawVolume]:
     Raises InputError (without the manifest row: the caller adds it) when the input is unusable.
     """
     if not path.exists():
-        raise InputError(f"file not found: {path}; fix the manifest's path or --root")
+        raise InputError(f"file not found: {path}; check the path (for ingest: the manifest's "
+                         "path column and --root)")
     if path.is_dir():
         return _read_dicom_folder(path, max_frames)
     name = path.name.lower()
