@@ -185,7 +185,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mri-tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mri-tune", description="The anatomical region (head, abdomen, pelvis, spine) of MR "
+        "slices and volumes, with CNNs chosen by a Gaussian-Process search on Ray Tune.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
