@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-SAMPLES_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mri"
-
 
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
-    """The real sample MR volumes ($MRI_TUNE_SAMPLES or ../shared/data/mri); fails if absent."""
-    folder = Path(os.environ.get("MRI_TUNE_SAMPLES") or SAMPLES_DEFAULT)
-    if not (folder / "manifest.csv").is_file():
-        pytest.fail(f"sample MRI data not found: {folder}/manifest.csv does not exist; set "
-                    "MRI_TUNE_SAMPLES to the folder of the sample volumes (with manifest.csv) or "
-                    "place it at ../shared/data/mri beside the repository")
+    """The real sample MR volumes, found as the demo finds them (`mri_tune.samples`:
+    $MRI_TUNE_SAMPLES, else ../shared/data/mri); fails if absent."""
+    from mri_tune.samples import DEFAULT_SAMPLES, find_samples
+
+    folder = find_samples()
+    if folder is None:
+        pytest.fail(f"sample MRI data not found: {DEFAULT_SAMPLES}/manifest.csv does not exist; "
+                    "set MRI_TUNE_SAMPLES to the folder of the sample volumes (with manifest.csv) "
+                    "or place it at ../shared/data/mri beside the repository")
     return folder
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ from mri_tune.errors import InputError
 from mri_tune.predict import check_threshold, decisions, summarise_volume
 
 CLASSES = ("head", "abdomen", "pelvis", "spine")
-SAMPLES = Path(os.environ.get("MRI_TUNE_SAMPLES")
-               or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mri")
 # One volume per region, of subjects in the training split of the seed-0 split, in the three
 # formats (NRRD, NIfTI, DICOM series folder).
 REGION_VOLUMES = {
@@ -52,8 +49,8 @@ def test_threshold_must_be_a_probability() -> None:
 
 @pytest.mark.slow
 def test_predict_labels_a_volume_of_each_region_and_plots(trained_search, tmp_path,  # noqa: F811
-                                                          capsys) -> None:
-    volumes = [str(SAMPLES / path) for path in REGION_VOLUMES.values()]
+                                                          capsys, samples_dir: Path) -> None:
+    volumes = [str(samples_dir / path) for path in REGION_VOLUMES.values()]
     plot = tmp_path / "profile.png"
     code = main(["predict", "--model", str(trained_search.ensemble), *volumes, "--json",
                  "--plot", str(plot)])
@@ -62,7 +59,7 @@ def test_predict_labels_a_volume_of_each_region_and_plots(trained_search, tmp_pa
     assert set(result) == {"volumes"}
     labels = {Path(v["path"]).as_posix(): v["label"] for v in result["volumes"]}
     for region, path in REGION_VOLUMES.items():
-        assert labels[(SAMPLES / path).as_posix()] == region
+        assert labels[(samples_dir / path).as_posix()] == region
     first = result["volumes"][0]
     assert set(first) >= {"path", "label", "votes", "slices"}
     assert set(first["slices"][0]) >= {"index", "probs", "decision"}
@@ -84,7 +81,8 @@ def test_predict_reports_unreadable_input_as_ingest_does(trained_search, tmp_pat
 
 
 @pytest.mark.slow
-def test_new_volumes_are_sliced_exactly_as_ingest_did(trained_search) -> None:  # noqa: F811
+def test_new_volumes_are_sliced_exactly_as_ingest_did(trained_search,  # noqa: F811
+                                                      samples_dir: Path) -> None:
     """The ensemble's saved preprocessing turns a sample volume into the store's very slices."""
     from mri_tune.ensemble import load_ensemble
     from mri_tune.store import SliceStore
@@ -98,7 +96,7 @@ def test_new_volumes_are_sliced_exactly_as_ingest_did(trained_search) -> None:  
     stored = {(PLANES[int(p)], int(i)): img for p, i, img in zip(
         split.plane.numpy()[mine], split.slice_index.numpy()[mine], split.images.numpy()[mine],
         strict=True)}
-    batches = volume_file_to_slices(SAMPLES / path, load_ensemble(trained_search.ensemble)
+    batches = volume_file_to_slices(samples_dir / path, load_ensemble(trained_search.ensemble)
                                     .preprocessing)
     new = {(b.plane, int(i)): img for b in batches for i, img in zip(b.slice_index, b.images,
                                                                        strict=True)}
