@@ -95,12 +95,13 @@ def bench_scheduling(trials: int, gpus: int = 8) -> dict:
     from ray import tune
 
     from searchers import GPPISearch
-    from searchers.space import PAPER_BASELINE, paper_space
+    from mri_tune_core.paper import BASELINE
+    from searchers.space import paper_space
 
     ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False,
              log_to_driver=False)
     try:
-        timed = _TimedSearch(GPPISearch(warmup_trials=gpus, points_to_evaluate=[PAPER_BASELINE],
+        timed = _TimedSearch(GPPISearch(warmup_trials=gpus, points_to_evaluate=[BASELINE],
                                         seed=0))
         with tempfile.TemporaryDirectory() as storage:
             tuner = tune.Tuner(

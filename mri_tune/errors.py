@@ -1,30 +1,19 @@
-"""The project's error hierarchy.
+"""The application's error types, on top of the ground layer's (`mri_tune_core.errors`).
 
-Every error a user can cause derives from `MriTuneError`, so the command line can print it as one
-clean message (what was wrong, the constraint, what was received, how to fix) and exit non-zero.
+`MriTuneError`, `InputError` and `StoreError` are the ground layer's, re-exported here so that
+application code names one module; the searcher's `SearchSpaceError` lives in `searchers.errors`.
 """
 
 from __future__ import annotations
 
+from mri_tune_core.errors import InputError, MriTuneError, StoreError
 
-class MriTuneError(Exception):
-    """Base of every error mri-tune raises on purpose."""
-
-
-class InputError(MriTuneError, ValueError):
-    """Bad user input: a manifest row, a volume file, a command-line value."""
-
-
-class StoreError(MriTuneError):
-    """A slice store that cannot be read: missing, corrupt, or of an unknown format version."""
+__all__ = ["FAILURE_REASONS", "InputError", "MriTuneError", "SpecError", "StoreError",
+           "TrainingFailure"]
 
 
 class SpecError(MriTuneError, ValueError):
     """A CNN or training specification that cannot work (e.g. too many poolings for the image)."""
-
-
-class SearchSpaceError(MriTuneError, ValueError):
-    """A search space the GP searcher cannot enumerate (grid_search, sample_from, empty domain)."""
 
 
 class TrainingFailure(MriTuneError):

@@ -19,16 +19,16 @@ import h5py
 import numpy as np
 import torch
 
-from mri_tune.errors import InputError, StoreError
+from mri_tune_core.errors import InputError, StoreError
+from mri_tune_core.store_format import (
+    FORMAT_VERSION,
+    PLANES,
+    REQUIRED_DATASETS,
+    SPLITS,
+    SUPPORTED_FORMAT_VERSIONS,
+)
 
-FORMAT_VERSION = 1
-"""The store format this code writes and reads."""
-SUPPORTED_FORMAT_VERSIONS = (1,)
-SPLITS = ("train", "validation", "test")
-"""Split names, indexed by the store's `split` code."""
-PLANES = ("axial", "coronal", "sagittal")
-"""Plane names (canonical RAS frame), indexed by the store's `plane` code."""
-_REQUIRED = ("images", "labels", "volume", "plane", "slice_index", "split", "volumes")
+__all__ = ["FORMAT_VERSION", "PLANES", "SPLITS", "SliceStore", "SplitData", "format_info"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class SliceStore:
         try:
             with h5py.File(self.path, "r") as f:
                 attrs = dict(f.attrs)
-                missing = [name for name in _REQUIRED if name not in f]
+                missing = [name for name in REQUIRED_DATASETS if name not in f]
         except OSError as err:
             raise StoreError(f"{self.path} is not a readable HDF5 store ({err}); rebuild it with "
                              "`mri-tune ingest`") from err

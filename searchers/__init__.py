@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from searchers.settings import PRESETS, SearchSettings, resolve_settings
-from searchers.space import PAPER_BASELINE, SearchSpace, SpaceSettings, build_space, paper_space
+from searchers.space import SearchSpace, SpaceSettings, build_space, paper_space
 
-__all__ = ["GPPISearch", "PAPER_BASELINE", "PRESETS", "SearchSettings", "SearchSpace",
+__all__ = ["GPPISearch", "PRESETS", "SearchSettings", "SearchSpace",
            "SpaceSettings", "build_space", "paper_space", "resolve_settings"]
 
 

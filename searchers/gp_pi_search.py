@@ -24,7 +24,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from mri_tune.errors import SearchSpaceError
+from searchers.errors import SearchSpaceError
 from searchers.core import GPSearchCore
 from searchers.settings import SearchSettings, resolve_settings
 from searchers.space import SearchSpace, build_space

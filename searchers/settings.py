@@ -1,6 +1,6 @@
 """The searcher's settings and its two named presets (no Ray import).
 
-`paper` reproduces Bertrand et al. (ISBI 2017): 47 random warm-up trials, a GP with a Gaussian
+`paper` reproduces Bertrand et al. (ISBI 2017, numbers in `mri_tune_core.paper`): random warm-up trials, a GP with a Gaussian
 (RBF) kernel on standardised losses, probability of improvement for two targets (the best loss and a
 25% improvement on it), successive proposals alternating the targets. Pending trials are only
 excluded from the grid; failures are only excluded (the paper had none).
@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mri_tune.errors import SearchSpaceError
+from mri_tune_core import paper
+from searchers.errors import SearchSpaceError
 from searchers.feasibility import FeasibilitySettings
 from searchers.gp import FitSettings, Kernel
 from searchers.space import SpaceSettings
@@ -25,8 +26,6 @@ from searchers.warping import OutputTransformName
 
 Acquisition = Literal["pi", "ei"]
 BatchRule = Literal["exclude", "kriging_believer"]
-PAPER_WARMUP_TRIALS = 47
-PAPER_TARGETS = (0.0, 0.25)  # relative improvements on the best loss: the best, and 25% better
 
 
 def _check(ok: bool, name: str, constraint: str, got: Any) -> None:
@@ -41,7 +40,7 @@ class SearchSettings:
     kernel: Kernel = "matern52"
     output_transform: OutputTransformName = "log"
     acquisition: Acquisition = "ei"
-    targets: tuple[float, ...] = PAPER_TARGETS  # used by acquisition "pi"
+    targets: tuple[float, ...] = paper.TARGETS  # used by acquisition "pi"
     warmup_trials: int = 10
     batch_rule: BatchRule = "kriging_believer"
     feasibility: bool = True  # multiply the acquisition by p_feasible (feasibility.py)
@@ -67,7 +66,7 @@ class SearchSettings:
 
 PRESETS: dict[str, SearchSettings] = {
     "paper": SearchSettings(kernel="rbf", output_transform="standardize", acquisition="pi",
-                            targets=PAPER_TARGETS, warmup_trials=PAPER_WARMUP_TRIALS,
+                            targets=paper.TARGETS, warmup_trials=paper.WARMUP_TRIALS,
                             batch_rule="exclude", feasibility=False, impute_failures=False),
     "default": SearchSettings(),
 }

@@ -37,7 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mri_tune.errors import SearchSpaceError
+from mri_tune_core.paper import TABLE1
+from searchers.errors import SearchSpaceError
 
 Scale = Literal["linear", "log", "categorical"]
 
@@ -199,23 +200,10 @@ def build_space(param_space: Mapping[str, Any],
 
 
 def paper_space() -> dict[str, Any]:
-    """Table 1 of Bertrand et al. (ISBI 2017) as a Ray Tune param space: 470,400 configurations."""
-    from ray import tune  # lazy: this module stays importable without Ray
+    """Table 1 of the paper (`mri_tune_core.paper.TABLE1`) as a Ray Tune param space."""
+    from ray import tune  # deferred: the searcher's math modules never import Ray
 
-    return {
-        "num_blocks": tune.randint(1, 6),  # 1..5
-        "convs_per_block": tune.randint(1, 8),  # 1..7
-        "filters": tune.choice([2**r for r in range(2, 8)]),  # 4..128
-        "kernel_size": tune.choice([3, 5]),
-        "learning_rate": tune.choice([10.0**exponent for exponent in range(-7, 1)]),
-        "batch_size": tune.choice([2**a for a in range(2, 9)]),  # 4..256
-        "epochs": tune.choice(list(range(10, 101, 10))),
-        "augmentation": tune.choice([True, False]),
-    }
-
-
-PAPER_BASELINE = {"num_blocks": 5, "convs_per_block": 1, "filters": 64, "kernel_size": 3,
-                  "learning_rate": 1e-3, "batch_size": 8, "epochs": 70, "augmentation": True}
+    return {name: tune.choice(values) for name, values in TABLE1.items()}
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "",

@@ -11,7 +11,7 @@ import pytest
 from ray import tune
 from ray.tune.search import Searcher
 
-from mri_tune.errors import SearchSpaceError
+from searchers.errors import SearchSpaceError
 from searchers import GPPISearch
 from searchers.gp import FitSettings
 

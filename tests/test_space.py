@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from ray import tune
 
-from mri_tune.errors import SearchSpaceError
-from searchers.space import PAPER_BASELINE, SpaceSettings, build_space, paper_space
+from searchers.errors import SearchSpaceError
+from mri_tune_core.paper import BASELINE
+from searchers.space import SpaceSettings, build_space, paper_space
 
 
 def test_paper_space_is_table_1_of_the_paper():
@@ -27,7 +28,7 @@ def test_paper_space_is_table_1_of_the_paper():
     scales = {d.name: d.scale for d in space.dimensions}
     assert scales["filters"] == scales["learning_rate"] == scales["batch_size"] == "log"
     assert scales["augmentation"] == "categorical"
-    assert space.config(space.index_of(PAPER_BASELINE)) == PAPER_BASELINE
+    assert space.config(space.index_of(BASELINE)) == BASELINE
 
 
 def test_log_scale_encodes_powers_of_two_evenly():

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mri_tune.errors import InputError
+from mri_tune_core.errors import InputError
 from mri_tune_datasets.manifest import REGIONS
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mri_tune.errors import InputError
+from mri_tune_core import paper
+from mri_tune_core.errors import InputError
 from mri_tune_datasets.manifest import REGIONS, ManifestRow, check_row, file_sha256, read_manifest
 from mri_tune_datasets.preprocess import (
     Preprocessing,
@@ -41,9 +42,9 @@ class IngestSettings:
     manifest: Path
     out: Path
     root: Path | None = None
-    size: int = 128
+    size: int = paper.IMAGE_SIZE
     planes: str = "acquisition"
-    split: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    split: tuple[float, float, float] = paper.SPLIT_FRACTIONS
     seed: int = 0
     on_error: str = "fail"
     max_frames: int = 3

@@ -13,9 +13,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mri_tune.errors import InputError
+from mri_tune_core import paper
+from mri_tune_core.errors import InputError
 
-REGIONS = ("head", "abdomen", "pelvis", "spine")
+REGIONS = paper.REGIONS
 """The anatomical regions, in the order of the store's class indices."""
 REQUIRED_COLUMNS = ("path", "region", "subject")
 

@@ -38,8 +38,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from mri_tune.errors import InputError
-from mri_tune.store import PLANES
+from mri_tune_core import paper
+from mri_tune_core.errors import InputError
+from mri_tune_core.store_format import PLANES
 from mri_tune_datasets.readers import RawVolume, read_volumes
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ _PERCENTILE_SAMPLE = 2_000_000
 class Preprocessing:
     """Every parameter needed to turn a volume file into store slices exactly as ingest did."""
 
-    size: int = 128
+    size: int = paper.IMAGE_SIZE
     planes: str = "acquisition"
     low_percentile: float = 0.5
     high_percentile: float = 99.5

@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mri_tune.errors import InputError
+from mri_tune_core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

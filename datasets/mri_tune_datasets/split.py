@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mri_tune.errors import InputError
-from mri_tune.store import SPLITS
+from mri_tune_core.errors import InputError
+from mri_tune_core.store_format import SPLITS
 
 logger = logging.getLogger(__name__)
 

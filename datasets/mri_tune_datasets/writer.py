@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from mri_tune.store import FORMAT_VERSION, PLANES, SPLITS
+from mri_tune_core.store_format import FORMAT_VERSION, PLANES, SPLITS
 from mri_tune_datasets.preprocess import SliceBatch
 
 logger = logging.getLogger(__name__)
