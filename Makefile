@@ -21,7 +21,7 @@ install: $(STAMP)
 
 # Without a sample folder the demo falls back to MR files that PyPI packages ship: install them.
 demo: $(STAMP)
-	@$(PY) -c "import sys; from mri_tune.samples import find_samples; sys.exit(find_samples() is None)" \
+	@$(PY) -c "import sys; from mri_tune.data.samples import find_samples; sys.exit(find_samples() is None)" \
 	  || { echo "No sample folder found: installing .[samples] (packages that ship MR files)"; \
 	       $(PY) -m pip install -q -e ".[samples]"; }
 	$(PY) experiments/run_search.py --out $(OUT)
@@ -38,7 +38,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/search.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check mri_tune searchers datasets experiments benchmarks tests
+	$(PY) -m ruff check mri_tune_core mri_tune searchers datasets experiments benchmarks tests
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -3,7 +3,7 @@
 The sample volumes (`../shared/data/mri`, 68 volumes of 33 people from public repositories and
 packages) are ingested once into a store (all three planes, `--size`); its splits are pooled, and
 for each fold a recipe is trained on the other volumes with the one training loop and scored on
-the held-out volumes (`mri_tune.generalization`). Protocols:
+the held-out volumes (`mri_tune.results.generalization`). Protocols:
 
   loso   leave one site out. A site groups the manifest's `source` values that come from one
          origin (one repository or package, one scanner family or one study): `SITES` below.
@@ -12,7 +12,7 @@ the held-out volumes (`mri_tune.generalization`). Protocols:
 
 Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
   shipped   the recipe mri-tune ships: 3 blocks x 1 conv x 16 filters (3x3), lr 0.01, batch 32,
-            the "scanner" augmentation policy (`mri_tune.augment.POLICIES`)
+            the "scanner" augmentation policy (`mri_tune.training.augment.POLICIES`)
   paper     the paper's baseline network (5 x 1 x 64, 3x3), lr 0.001, batch 8, the paper's
             augmentation, class-weighted cross-entropy
   aug:P     the shipped network with the named augmentation policy P (`--recipes aug:paper,
@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mri_tune.augment import POLICIES, policy
-from mri_tune.generalization import (
+from mri_tune.data.samples import ensure_store
+from mri_tune.data.store import SliceStore
+from mri_tune.results.generalization import (
     Fold,
     Recipe,
     RecipeResult,
@@ -54,11 +55,10 @@ from mri_tune.generalization import (
     pool_store,
     subject_kfold,
 )
-from mri_tune.model import CNNSpec
-from mri_tune.samples import find_samples
-from mri_tune.store import SliceStore
-from mri_tune.train import TrainConfig, resolve_device
-from mri_tune_datasets.ingest import IngestSettings, ingest
+from mri_tune.training.augment import POLICIES, policy
+from mri_tune.training.config import TrainConfig
+from mri_tune.training.device import resolve_device
+from mri_tune.training.model import CNNSpec
 
 SITES: tuple[tuple[str, str], ...] = (
     ("mricron-data", "head-templates"),  # Colin27: 27 scans of one person averaged
@@ -108,18 +108,6 @@ def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
             learning_rate=0.01, batch_size=32, augmentation=augmentation, augment=augment,
             **budget)))
     return out
-
-
-def ensure_store(path: Path, size: int) -> SliceStore:
-    if not path.is_file():
-        folder = find_samples()
-        if folder is None:
-            raise SystemExit("generalization: the sample data (../shared/data/mri or "
-                             "$MRI_TUNE_SAMPLES) is needed; set MRI_TUNE_SAMPLES.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ingest(IngestSettings(manifest=folder / "manifest.csv", root=folder, out=path,
-                              size=size, planes="all"))
-    return SliceStore(path)
 
 
 def folds_for(protocol: str, volumes: list[dict[str, Any]], k: int, seed: int) -> list[Fold]:
@@ -188,8 +176,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    store = ensure_store(args.store or Path(f"benchmark_output/generalization_{args.size}.h5"),
-                         args.size)
+    store = SliceStore(ensure_store(
+        args.store or Path(f"benchmark_output/generalization_{args.size}.h5"), args.size))
     data = pool_store(store)
     seeds = [int(s) for s in args.seeds.split(",")]
     chosen = recipes(args.recipes.split(","), args.epochs, args.images_per_epoch)

@@ -94,8 +94,8 @@ def bench_scheduling(trials: int, gpus: int = 8) -> dict:
     import ray
     from ray import tune
 
-    from searchers import GPPISearch
     from mri_tune_core.paper import BASELINE
+    from searchers import GPPISearch
     from searchers.space import paper_space
 
     ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False,
@@ -138,13 +138,13 @@ def bench_packing(seconds: float = 20.0) -> dict:
     from ray import tune
 
     def train_for(config: dict) -> None:
-        from mri_tune.model import CNNSpec
-        from mri_tune.train import Slices, TrainConfig, Trainer, build_model
+        from mri_tune.training.config import TrainConfig, baseline_specs
+        from mri_tune.training.trainer import Slices, Trainer, build_model
 
         gen = torch.Generator().manual_seed(0)
         data = Slices(torch.randint(0, 256, (2048, 128, 128), dtype=torch.uint8, generator=gen),
                       torch.randint(0, 4, (2048,), generator=gen))
-        model = build_model(CNNSpec.baseline(), 4, (128, 128), "cuda", 0)
+        model = build_model(baseline_specs()[0], 4, (128, 128), "cuda", 0)
         train = TrainConfig(learning_rate=1e-3, batch_size=8, epochs=10_000,
                             augmentation=True, images_per_epoch=512)
         trainer = Trainer(model, data, Slices(data.images[:64], data.labels[:64]), train,

@@ -43,14 +43,14 @@ def bench_ingest(samples: Path, out_dir: Path) -> tuple[Path, dict]:
 
 
 def _volumes(path: Path) -> list[dict]:
-    from mri_tune.store import SliceStore
+    from mri_tune.data.store import SliceStore
 
     return SliceStore(path).volumes()
 
 
 def bench_load(path: Path, repeats: int = 3) -> dict:
     """Best of `repeats` loads per split (the first read warms the page cache)."""
-    from mri_tune.store import SPLITS, SliceStore
+    from mri_tune.data.store import SPLITS, SliceStore
 
     store = SliceStore(path)
     store.load_split("train")  # warm the page cache
@@ -102,7 +102,7 @@ def load_in_fresh_process(path: Path, split: str = "train") -> dict:
     """Load a split in a new interpreter, so that its peak RSS is the load's alone."""
     # VmHWM (peak RSS of this address space) rather than ru_maxrss, which Linux carries over
     # from the forking parent across exec.
-    code = ("import json,sys,time;from mri_tune.store import SliceStore;"
+    code = ("import json,sys,time;from mri_tune.data.store import SliceStore;"
             "hwm=lambda:int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]);"
             "s=SliceStore(sys.argv[1]);b=hwm();"
             "import resource;u=lambda:resource.getrusage(resource.RUSAGE_SELF).ru_utime;"
@@ -153,12 +153,12 @@ def bench_scale(sizes: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=Path, default=None,
-                        help="sample folder (default: mri_tune.samples.find_samples())")
+                        help="sample folder (default: mri_tune.data.samples.find_samples())")
     parser.add_argument("--quick", action="store_true", help="scale test at 37,000 slices only")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
 
-    from mri_tune.samples import find_samples
+    from mri_tune.data.samples import find_samples
 
     samples = find_samples(args.samples)
     figures: dict = {"cpu_count": len(__import__("os").sched_getaffinity(0))}

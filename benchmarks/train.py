@@ -27,20 +27,14 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from mri_tune.augment import AugmentConfig, augment
-from mri_tune.model import CNNSpec
-from mri_tune.train import (
-    DevicePolicy,
-    Slices,
-    TrainConfig,
-    Trainer,
-    build_model,
-    resolve_device,
-    weighted_cross_entropy,
-)
+from mri_tune.training.augment import AugmentConfig, augment
+from mri_tune.training.config import TrainConfig, baseline_specs
+from mri_tune.training.device import DevicePolicy, resolve_device
+from mri_tune.training.model import CNNSpec
+from mri_tune.training.trainer import Slices, Trainer, build_model, weighted_cross_entropy
 
 LARGEST = CNNSpec(num_blocks=5, convs_per_block=7, filters=128, kernel_size=5)
-MODELS = {"baseline": CNNSpec.baseline(), "largest": LARGEST}
+MODELS = {"baseline": baseline_specs()[0], "largest": LARGEST}
 NUM_CLASSES = 4
 SLICES_ON_DEVICE = 1024
 
@@ -139,7 +133,7 @@ def augmentation_cost(size: int, device: torch.device, repeats: int = 5) -> floa
 
 def _share_worker(rank: int, seconds: float, size: int, start_at: float, queue) -> None:
     device = torch.device("cuda")
-    model = build_model(CNNSpec.baseline(), NUM_CLASSES, (size, size), device, rank)
+    model = build_model(MODELS["baseline"], NUM_CLASSES, (size, size), device, rank)
     slices = random_slices(SLICES_ON_DEVICE, size, device, seed=rank)
     config = TrainConfig(learning_rate=1e-4, batch_size=8, epochs=1, augmentation=True,
                          images_per_epoch=512)

@@ -1,6 +1,6 @@
 """The whole search on Ray Tune: store, GP search of the CNN, top-ten ensemble, evaluation, report.
 
-Wiring only (the work is in mri_tune.experiment, .ensemble, .evaluate, .report): store -> Ray
+Wiring only (the work is in mri_tune.experiment and mri_tune.results): store -> Ray
 Tune (GPPISearch over the CNN space) -> top-ten ensemble -> evaluation -> report.
 
 With no arguments it is the embedded default (`make demo`): a local Ray on this machine's CPUs,
@@ -21,11 +21,14 @@ import logging
 import sys
 from pathlib import Path
 
-from mri_tune import experiment
-from mri_tune.ensemble import build_ensemble
 from mri_tune.errors import MriTuneError
-from mri_tune.evaluate import evaluate, format_report
-from mri_tune.report import write_report
+from mri_tune.experiment import tuner
+from mri_tune.experiment.settings import settings_from_options
+from mri_tune.experiment.space import NUM_SAMPLES, SCALES
+from mri_tune.results.ensemble import build_ensemble
+from mri_tune.results.evaluate import evaluate, format_report
+from mri_tune.results.report import write_report
+from mri_tune_core import paper
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,16 +46,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="folder of the store, ensemble, evaluation and report")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--scale", choices=["demo", "paper", "smoke"], default="demo",
+    model.add_argument("--scale", choices=SCALES, default="demo",
                        help="demo: a CPU-sized corner of Table 1, few epochs and images; paper: "
                             "Table 1 and 80,000 images per epoch; smoke: tiny, for tests")
-    model.add_argument("--top", type=int, default=10, help="members of the ensemble")
+    model.add_argument("--top", type=int, default=paper.TOP_K, help="members of the ensemble")
 
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=None,
-                        help="trials in all (default: 20 demo, 150 paper, 6 smoke)")
+                        help="trials in all (default: " + ", ".join(
+                            f"{n} {scale}" for scale, n in NUM_SAMPLES.items()) + ")")
     search.add_argument("--warmup-trials", type=int, default=None,
-                        help="random trials before the GP (default: 8 demo, 47 paper, 3 smoke)")
+                        help="random trials before the GP (default: the searcher preset's own)")
     search.add_argument("--searcher-preset", choices=["default", "paper"], default="default",
                         help="GPPISearch preset: the measured best, or the paper's recipe")
     search.add_argument("--seed", type=int, default=0, help="seed of the searcher and trials")
@@ -65,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search.add_argument("--on-error", choices=["retry", "report"], default="report",
                         help="on --resume, retry errored trials from their last checkpoint, "
                              "or keep them as errors in the results")
+    search.add_argument("--verbose", action="store_true",
+                        help="Ray's own trial tables and worker logs instead of one line a trial")
     search.add_argument("--max-failures", type=int, default=0,
                         help="automatic retries of a failing trial during the run")
 
@@ -82,19 +88,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The project's own progress (ingest, ensemble, evaluation) at INFO; Ray's at WARNING unless
+    # --verbose.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mri_tune", "mri_tune_datasets"):
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
-        settings = experiment.settings_from_options(vars(args))
-        experiment.prepare(settings)
-        print(f"TensorBoard: {experiment.tensorboard_command(settings)}", flush=True)
-        with experiment.ray_session(settings) as cluster_cpus:
+        settings = settings_from_options(vars(args))
+        print(f"TensorBoard: {tuner.tensorboard_command(settings)}", flush=True)
+        print(f"store: {settings.store}", flush=True)
+        tuner.prepare(settings)
+        with tuner.RaySession(settings) as cluster_cpus:
             if settings.resume:
-                tuner = experiment.restore_tuner(settings)
+                search = tuner.restore_tuner(settings, _say)
             else:
-                tuner = experiment.build_tuner(settings, cluster_cpus)
-            tuner.fit()
-        experiment_dir = experiment.local_experiment_dir(settings)
+                search = tuner.build_tuner(settings, cluster_cpus, _say)
+            search.fit()
+        experiment_dir = tuner.local_experiment_dir(settings)
+        print("building the ensemble of the top trials ...", flush=True)
         ensemble_dir = build_ensemble(experiment_dir, settings.out / "ensemble", settings.top)
+        print("evaluating on the test split ...", flush=True)
         evaluation = evaluate(ensemble_dir, settings.store, "test")
         print(format_report(evaluation))
         report = write_report(experiment_dir, ensemble_dir, settings.store,
@@ -104,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"\nReport: {report}")
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

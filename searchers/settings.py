@@ -1,9 +1,9 @@
 """The searcher's settings and its two named presets (no Ray import).
 
-`paper` reproduces Bertrand et al. (ISBI 2017, numbers in `mri_tune_core.paper`): random warm-up trials, a GP with a Gaussian
-(RBF) kernel on standardised losses, probability of improvement for two targets (the best loss and a
-25% improvement on it), successive proposals alternating the targets. Pending trials are only
-excluded from the grid; failures are only excluded (the paper had none).
+`paper` reproduces Bertrand et al. (ISBI 2017; numbers in `mri_tune_core.paper`): random warm-up
+trials, a GP with a Gaussian (RBF) kernel on standardised losses, probability of improvement for
+two targets (the best loss and a 25% improvement on it), successive proposals alternating them.
+Pending trials are only excluded from the grid; failures are only excluded (the paper had none).
 
 `default` is the variant that measured best on benchmarks/searchers.py (see
 benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, log-warped losses, expected

@@ -11,7 +11,7 @@ import pytest
 def samples_dir() -> Path:
     """The real sample MR volumes, found as the demo finds them (`mri_tune.samples`:
     $MRI_TUNE_SAMPLES, else ../shared/data/mri); fails if absent."""
-    from mri_tune.samples import DEFAULT_SAMPLES, find_samples
+    from mri_tune.data.samples import DEFAULT_SAMPLES, find_samples
 
     folder = find_samples()
     if folder is None:

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mri_tune.augment import (
+from mri_tune.errors import SpecError
+from mri_tune.training.augment import (
     FAMILIES,
     POLICIES,
     AugmentConfig,
@@ -18,7 +19,6 @@ from mri_tune.augment import (
     policy,
     random_affine,
 )
-from mri_tune.errors import SpecError
 
 IDENTITY = AugmentConfig(max_rotation_deg=0.0, max_shear_deg=0.0, max_translation=0.0,
                          zoom_range=(1.0, 1.0), max_noise_std=0.0)

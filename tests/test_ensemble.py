@@ -10,10 +10,11 @@ import pytest
 import torch
 from test_run_search import trained_search  # noqa: F401  (the session's search)
 
-from mri_tune.ensemble import Ensemble, TrialRecord, load_ensemble, rank_trials
 from mri_tune.errors import InputError
-from mri_tune.model import CNNSpec, RegionCNN
-from mri_tune.train import predict_proba
+from mri_tune.results.ensemble import Ensemble, load_ensemble
+from mri_tune.results.trials import TrialRecord, rank_trials
+from mri_tune.training.inference import predict_proba
+from mri_tune.training.model import CNNSpec, RegionCNN
 
 
 def _record(index: int, loss: float, checkpoint: str | None = "/c") -> TrialRecord:
@@ -72,7 +73,7 @@ def test_ensemble_folder_is_self_contained(trained_search) -> None:  # noqa: F81
 @pytest.mark.slow
 def test_ensemble_command_takes_the_top_trials(trained_search, tmp_path, capsys) -> None:  # noqa: F811
     from mri_tune.cli import main
-    from mri_tune.ensemble import load_trials
+    from mri_tune.results.trials import load_trials
 
     assert main(["ensemble", "--experiment", str(trained_search.experiment), "--top", "2",
                  "--out", str(tmp_path / "ens")]) == 0
@@ -83,7 +84,7 @@ def test_ensemble_command_takes_the_top_trials(trained_search, tmp_path, capsys)
 
 
 def test_a_folder_that_is_no_experiment_is_a_clear_error(tmp_path) -> None:
-    from mri_tune.ensemble import build_ensemble
+    from mri_tune.results.ensemble import build_ensemble
 
     with pytest.raises(InputError, match="not a Ray Tune experiment folder"):
         build_ensemble(tmp_path, tmp_path / "ens")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_run_search import trained_search  # noqa: F401  (the session's search)
 
-from mri_tune.evaluate import (
+from mri_tune.results.evaluate import (
     confusion_matrix,
     evaluate_probabilities,
     format_report,
@@ -65,7 +65,7 @@ def test_majority_class_error_counts_volumes_not_slices() -> None:
 
 
 def test_format_report_shows_models_side_by_side() -> None:
-    from mri_tune.evaluate import EvaluationReport
+    from mri_tune.results.evaluate import EvaluationReport
 
     labels, volume = np.array([0, 3]), np.array([0, 1])
     models = {"baseline": evaluate_probabilities(_one_hot([0, 0]), labels, volume, CLASSES),

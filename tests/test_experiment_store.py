@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from mri_tune import experiment
+from mri_tune.data.samples import ensure_store
+from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
-from mri_tune.store import SliceStore
 
 
 def test_store_falls_back_to_packaged_mr_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    import mri_tune.samples
+    import mri_tune.data.samples
 
-    monkeypatch.setattr(mri_tune.samples, "find_samples", lambda option=None: None)
+    monkeypatch.setattr(mri_tune.data.samples, "find_samples", lambda option=None: None)
     store_path = tmp_path / "store.h5"
     with caplog.at_level(logging.WARNING):
-        experiment.ensure_store(store_path, "smoke")
+        mri_tune.data.samples.ensure_store(store_path, 32)
     store = SliceStore(store_path)
     assert "head" in store.classes  # nibabel's example4d (an fMRI head) is always installed
     assert len(store) > 0
@@ -42,5 +42,5 @@ def test_store_from_an_explicit_sample_folder(tmp_path: Path, samples_dir: Path)
                              "subject": r["subject"]})
     with pytest.raises(InputError, match="spine"):
         # one spine subject cannot fill three splits: the sample folder is really the one used
-        experiment.ensure_store(tmp_path / "store.h5", "smoke", folder)
+        ensure_store(tmp_path / "store.h5", 32, folder)
     assert not (tmp_path / "store.h5").exists()

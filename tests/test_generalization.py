@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mri_tune.errors import InputError
-from mri_tune.generalization import (
+from mri_tune.results.generalization import (
     FoldPrediction,
     PooledSlices,
     Recipe,
@@ -17,8 +17,8 @@ from mri_tune.generalization import (
     pool_folds,
     subject_kfold,
 )
-from mri_tune.model import CNNSpec
-from mri_tune.train import TrainConfig
+from mri_tune.training.config import TrainConfig
+from mri_tune.training.model import CNNSpec
 
 CLASSES = ("head", "abdomen", "pelvis", "spine")
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from mri_tune.cli import main
-from mri_tune.store import SliceStore
+from mri_tune.data.store import SliceStore
 
 
 def _ingest(args: list[str], capsys) -> dict:

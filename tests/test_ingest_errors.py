@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mri_tune.cli import main
+from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
-from mri_tune.store import SliceStore
 from mri_tune_datasets.ingest import IngestSettings, ingest
 
 

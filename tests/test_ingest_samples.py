@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mri_tune.cli import main
-from mri_tune.store import PLANES, SPLITS, SliceStore
+from mri_tune.data.store import PLANES, SPLITS, SliceStore
 from mri_tune_datasets.preprocess import volume_file_to_slices
 from mri_tune_datasets.split import split_subjects
 

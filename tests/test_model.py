@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mri_tune.errors import SpecError
-from mri_tune.model import CNNSpec, RegionCNN
+from mri_tune.training.model import CNNSpec, RegionCNN
+from mri_tune_core.paper import BASELINE
 
 SIZE = (128, 128)
 CORNERS = [CNNSpec(*values) for values in
@@ -40,7 +41,7 @@ def test_forward_on_cpu_gives_finite_logits(num_blocks: int) -> None:
 
 
 def test_baseline_is_the_papers_and_counts_parameters() -> None:
-    spec = CNNSpec.baseline()
+    spec = CNNSpec.from_dict(BASELINE)
     assert (spec.num_blocks, spec.convs_per_block, spec.filters, spec.kernel_size) == (5, 1, 64, 3)
     # 5 convs 3x3 (1->64, then 64->64), flatten 64*4*4 -> 4096 -> 1024 -> 4, computed by hand.
     convs = (9 * 1 + 1) * 64 + 4 * (9 * 64 + 1) * 64
@@ -100,6 +101,6 @@ def test_model_module_does_not_import_ray() -> None:
     import subprocess
     import sys
 
-    code = "import sys, mri_tune.model, mri_tune.train; print('ray' in sys.modules)"
+    code = "import sys, mri_tune.training.model, mri_tune.training.run; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,7 +11,7 @@ from test_run_search import trained_search  # noqa: F401  (the session's trained
 
 from mri_tune.cli import main
 from mri_tune.errors import InputError
-from mri_tune.predict import check_threshold, decisions, summarise_volume
+from mri_tune.results.predict import check_threshold, decisions, summarise_volume
 
 CLASSES = ("head", "abdomen", "pelvis", "spine")
 # One volume per region, of subjects in the training split of the seed-0 split, in the three
@@ -84,8 +84,8 @@ def test_predict_reports_unreadable_input_as_ingest_does(trained_search, tmp_pat
 def test_new_volumes_are_sliced_exactly_as_ingest_did(trained_search,  # noqa: F811
                                                       samples_dir: Path) -> None:
     """The ensemble's saved preprocessing turns a sample volume into the store's very slices."""
-    from mri_tune.ensemble import load_ensemble
-    from mri_tune.store import SliceStore
+    from mri_tune.data.store import SliceStore
+    from mri_tune.results.ensemble import load_ensemble
     from mri_tune_datasets.preprocess import PLANES, volume_file_to_slices
 
     path = REGION_VOLUMES["pelvis"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_run_search import trained_search  # noqa: F401  (the session's search)
 
-from mri_tune.ensemble import TrialRecord, rank_trials
-from mri_tune.report import plot_search_progress, running_stats, top_table
+from mri_tune.results.report import plot_search_progress, running_stats, top_table
+from mri_tune.results.trials import TrialRecord, rank_trials
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

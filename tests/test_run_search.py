@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from mri_tune.experiment import ExperimentSettings, baseline_config, gpu_share, scale_space
+from mri_tune.experiment.resources import concurrent_slots, gpu_share
+from mri_tune.experiment.space import baseline_config, scale_space
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "run_search.py"
@@ -222,11 +223,12 @@ def test_gpu_share_grows_with_the_model() -> None:
     assert gpu_share(large, (128, 128)) == 1.0
 
 
-def test_slots_follow_gpus_or_cpus(tmp_path) -> None:
-    base = {"store": tmp_path / "s.h5", "out": tmp_path, "storage": str(tmp_path), "name": "x"}
-    assert ExperimentSettings(**base, gpus=8).slots(cluster_cpus=64) == 32  # 0.25 GPU each
-    assert ExperimentSettings(**base, gpus=2, gpus_per_trial=0.5).slots(cluster_cpus=64) == 4
-    assert ExperimentSettings(**base, cpus_per_trial=2).slots(cluster_cpus=8) == 4
+def test_slots_are_what_the_cluster_can_run_at_once() -> None:
+    assert concurrent_slots(64, 1.0, gpus=8, gpus_per_trial=None) == 32  # 0.25 GPU each
+    assert concurrent_slots(64, 1.0, gpus=2, gpus_per_trial=0.5) == 4
+    assert concurrent_slots(8, 2.0, gpus=0, gpus_per_trial=None) == 4
+    # 8 GPUs of 0.25-GPU trials on a 2-CPU machine: every trial also needs its CPU
+    assert concurrent_slots(2, 1.0, gpus=8, gpus_per_trial=None) == 2
 
 
 def test_bad_options_are_clear_errors(tmp_path) -> None:

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
+from mri_tune.data.samples import find_samples
+from mri_tune.data.store import SliceStore, format_info
 from mri_tune.errors import InputError, StoreError
-from mri_tune.samples import find_samples
-from mri_tune.store import SliceStore, format_info
 from mri_tune_datasets.preprocess import SliceBatch
 from mri_tune_datasets.split import parse_split_fractions, split_subjects, split_targets
 from mri_tune_datasets.writer import StoreWriter, VolumeRecord
@@ -138,7 +138,7 @@ def test_find_samples_order(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(InputError, match="MRI_TUNE_SAMPLES"):
         find_samples()
     monkeypatch.delenv("MRI_TUNE_SAMPLES")
-    monkeypatch.setattr("mri_tune.samples.DEFAULT_SAMPLES", tmp_path / "absent")
+    monkeypatch.setattr("mri_tune.data.samples.DEFAULT_SAMPLES", tmp_path / "absent")
     assert find_samples() is None
 
 

@@ -13,24 +13,18 @@ import pytest
 import torch
 
 from mri_tune.errors import InputError, SpecError, TrainingFailure
-from mri_tune.model import CNNSpec, RegionCNN
-from mri_tune.train import (
-    DevicePolicy,
+from mri_tune.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from mri_tune.training.config import TrainConfig, baseline_specs, read_config, specs_from_config
+from mri_tune.training.device import DevicePolicy, resolve_device
+from mri_tune.training.failures import failure_policy
+from mri_tune.training.inference import predict_proba
+from mri_tune.training.model import CNNSpec, RegionCNN
+from mri_tune.training.trainer import (
     EpochMetrics,
     Slices,
-    TrainConfig,
     Trainer,
     build_model,
     class_weights,
-    failure_policy,
-    fit,
-    load_checkpoint,
-    predict_proba,
-    read_checkpoint,
-    read_config,
-    resolve_device,
-    save_checkpoint,
-    specs_from_config,
     weighted_cross_entropy,
 )
 
@@ -118,7 +112,9 @@ def test_learning_rate_decays_per_iteration() -> None:
 def test_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, train_tiny(dataclasses.replace(CONFIG, epochs=1)))
     model = build_model(TINY, len(CLASSES), (32, 32), "cpu", seed=99)  # weights get replaced
-    resumed = fit(model, TRAIN, VALIDATION, CONFIG, CLASSES, resume_from=tmp_path)
+    trainer = Trainer(model, TRAIN, VALIDATION, CONFIG, CLASSES)
+    trainer.load_state_dict(read_checkpoint(tmp_path))
+    resumed = trainer.run()
     assert len(resumed) == 2
     assert deterministic(resumed) == deterministic(uninterrupted().history)
     for a, b in zip(model.parameters(), uninterrupted().model.parameters(), strict=True):
@@ -212,11 +208,12 @@ def test_specs_from_a_table1_config() -> None:
 
 def test_read_config_merges_a_json_file_over_the_baseline(tmp_path: Path) -> None:
     spec, config = read_config("baseline")
-    assert spec == CNNSpec.baseline() and config == TrainConfig.baseline()
+    assert (spec, config) == baseline_specs()
+    assert spec == CNNSpec(num_blocks=5, convs_per_block=1, filters=64, kernel_size=3)
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"filters": 8, "epochs": 2}))
     spec, config = read_config(path)
-    assert spec == dataclasses.replace(CNNSpec.baseline(), filters=8) and config.epochs == 2
+    assert spec == dataclasses.replace(baseline_specs()[0], filters=8) and config.epochs == 2
     path.write_text(json.dumps({"filter": 8}))
     with pytest.raises(InputError, match="keys among"):
         read_config(path)
@@ -235,17 +232,17 @@ def test_baseline_on_the_sample_store_beats_the_majority_class(sample_store: Pat
     pelvis, so the class-weighted loss (which targets balanced accuracy) is judged on a balanced
     subset (majority-class error 0.53; measured here: 0.24 to 0.35 over epochs 1-3).
     """
-    from mri_tune.store import SliceStore
+    from mri_tune.data.store import SliceStore
 
     store = SliceStore(sample_store)
     train = _balanced_subset(store.load_split("train"), per_class=120, seed=0)
     validation = _balanced_subset(store.load_split("validation"), per_class=300, seed=1)
     counts = torch.bincount(validation.labels, minlength=len(store.classes))
     majority_error = 1.0 - counts.max().item() / counts.sum().item()
-    config = dataclasses.replace(TrainConfig.baseline(), epochs=2,
-                                 images_per_epoch=len(train.labels))
-    model = build_model(CNNSpec.baseline(), len(store.classes), store.image_size, "cpu", 0)
-    history = fit(model, train, validation, config, store.classes)
+    spec, config = baseline_specs(images_per_epoch=len(train.labels))
+    config = dataclasses.replace(config, epochs=2)
+    model = build_model(spec, len(store.classes), store.image_size, "cpu", 0)
+    history = Trainer(model, train, validation, config, store.classes).run()
     assert history[-1].val_error < majority_error
 
 
@@ -283,6 +280,43 @@ def test_cli_train_writes_metrics_and_a_checkpoint(sample_store: Path, tmp_path:
     assert bad == 2
 
 
+@pytest.mark.slow
+def test_predict_takes_the_checkpoint_of_mri_tune_train(sample_store: Path, tmp_path: Path,
+                                                       samples_dir: Path, capsys) -> None:
+    """One model interface: `predict --model` takes a checkpoint as it takes an ensemble."""
+    from mri_tune.cli import main
+    from mri_tune.data.store import SliceStore
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"num_blocks": 4, "filters": 4, "learning_rate": 0.01,
+                                  "batch_size": 32}))
+    out = tmp_path / "run"
+    assert main(["train", "--store", str(sample_store), "--config", str(config), "--epochs", "1",
+                 "--images-per-epoch", "64", "--device", "cpu", "--out", str(out)]) == 0
+    assert load_checkpoint(out).preprocessing == SliceStore(sample_store).preprocessing
+    capsys.readouterr()
+    volume = samples_dir / "sct_example_data" / "mt0.nii.gz"
+    assert main(["predict", "--model", str(out / "checkpoint.pt"), str(volume), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["volumes"]
+    assert result["label"] in SliceStore(sample_store).classes
+    assert sum(result["votes"].values()) == len(result["slices"]) > 0
+
+
+def test_training_needs_a_validation_split(tiny, capsys) -> None:
+    from mri_tune.cli import main
+
+    rows = tiny.good_rows("head", n=1) + tiny.good_rows("spine", n=1)
+    store = tiny.folder / "s.h5"
+    assert main(["ingest", "--manifest", str(tiny.manifest(rows)), "--out", str(store),
+                 "--size", "32", "--allow-small-regions"]) == 0
+    capsys.readouterr()
+    code = main(["train", "--store", str(store), "--epochs", "1", "--out",
+                 str(tiny.folder / "run")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "has no validation slices" in error and str(store) in error
+
+
 def test_devices_resolve_and_a_missing_gpu_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
@@ -294,7 +328,7 @@ def test_devices_resolve_and_a_missing_gpu_is_explained(monkeypatch: pytest.Monk
 def test_train_config_normalises_and_validates() -> None:
     assert TrainConfig(learning_rate=1, batch_size=8, epochs=1, augmentation=False
                        ).learning_rate == 1.0
-    assert TrainConfig.baseline().images_for(100) == 400
+    assert baseline_specs()[1].images_for(100) == 400
     assert dataclasses.replace(CONFIG, images_per_epoch=None).images_for(10) == 40
     with pytest.raises(SpecError, match="batch_size"):
         dataclasses.replace(CONFIG, batch_size=0)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from ray import tune
 
-from mri_tune import trainable as trainable_module
 from mri_tune.errors import SpecError
-from mri_tune.model import CNNSpec, RegionCNN
-from mri_tune.trainable import TrialSettings, make_trainable, run_trial, trial_specs
+from mri_tune.experiment import trainable as trainable_module
+from mri_tune.experiment.trainable import TrialSettings, make_trainable, run_trial, trial_specs
+from mri_tune.training.model import CNNSpec, RegionCNN
 
 # A tiny member of the space at 128x128 (4 poolings leave 8x8): cheap on CPU.
 TINY = dict(num_blocks=4, convs_per_block=1, filters=4, kernel_size=3, learning_rate=0.01,

@@ -9,7 +9,8 @@ The config dict holds the Table 1 keys (`num_blocks`, `convs_per_block`, `filter
 
 Per epoch the trial reports `EpochMetrics.to_dict()` (epoch, train_loss, train_error, val_loss,
 val_error, val_error_<class>, images_per_s, learning_rate, epoch_seconds) plus num_parameters,
-with a checkpoint (`checkpoint.pt`, the layout of `mri_tune.train.save_checkpoint`); it resumes from
+and a checkpoint (`checkpoint.pt`, the layout of `mri_tune.training.checkpoint.save_checkpoint`);
+it resumes from
 `tune.get_checkpoint()`, and writes TensorBoard scalars under `<trial dir>/tensorboard`.
 
 Failure policy: an invalid spec, an out-of-memory error or a non-finite loss ends the trial at
@@ -32,20 +33,17 @@ from typing import Any
 
 import torch
 from ray import tune
+from torch.utils.tensorboard import SummaryWriter
 
+from mri_tune.data.store import SliceStore
 from mri_tune.errors import SpecError, TrainingFailure
-from mri_tune.model import CNNSpec
-from mri_tune.train import (
-    EpochMetrics,
-    TrainConfig,
-    Trainer,
-    build_model,
-    failure_policy,
-    read_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    specs_from_config,
-)
+from mri_tune.training.checkpoint import read_checkpoint, save_checkpoint
+from mri_tune.training.config import TrainConfig, specs_from_config
+from mri_tune.training.device import resolve_device
+from mri_tune.training.failures import failure_policy
+from mri_tune.training.model import CNNSpec
+from mri_tune.training.run import train_from_store
+from mri_tune.training.trainer import EpochMetrics, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -123,43 +121,52 @@ def failure_result(reason: str, message: str) -> dict[str, Any]:
 
 
 def _train_and_report(spec: CNNSpec, config: TrainConfig, settings: TrialSettings) -> None:
-    from mri_tune.store import SliceStore  # h5py loads in the trial's process only
-
     device = resolve_device(settings.device)
     store = SliceStore(settings.store)
-    spec.feature_size(store.image_size)  # reject an impossible spec before loading any data
-    model = build_model(spec, len(store.classes), store.image_size, device, config.seed)
-    trainer = Trainer(model, store.load_split("train", device),
-                      store.load_split("validation", device), config, store.classes, device)
+    resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(read_checkpoint(Path(folder), device))
-        logger.info("resumed at epoch %d of %d", trainer.epoch, config.epochs)
-    writer = _tensorboard_writer(trainer.epoch) if settings.tensorboard else None
-    num_parameters = sum(p.numel() for p in model.parameters())
-
-    def report(metrics: EpochMetrics, trainer: Trainer) -> None:
-        if writer is not None:
-            _write_scalars(writer, metrics)
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(Path(folder), trainer)
-            tune.report({**metrics.to_dict(), "num_parameters": num_parameters},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
-
+            resume = read_checkpoint(Path(folder), device)
+        logger.info("resuming at epoch %d of %d", resume["epoch"], config.epochs)
+    reporter = _Reporter(store.preprocessing, settings.tensorboard)
     try:
-        trainer.run(on_epoch=report)
+        train_from_store(store, spec, config, device=device, on_epoch=reporter, resume=resume)
     finally:
-        if writer is not None:
-            writer.close()
+        reporter.close()
 
 
-def _tensorboard_writer(epochs_done: int) -> Any:
-    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+class _Reporter:
+    """The trial's `on_epoch`: TensorBoard scalars, and `tune.report` with a checkpoint.
 
-    folder = Path(tune.get_context().get_trial_dir()) / TENSORBOARD_DIR
-    # purge_step drops events a crashed attempt wrote after the checkpoint we resume from.
-    return SummaryWriter(log_dir=str(folder), purge_step=epochs_done + 1)
+    Every epoch checkpoints, so that a resumed trial continues from its last epoch; Tune keeps the
+    best one by validation loss (for the ensemble) and the latest (for a resume).
+    """
+
+    def __init__(self, preprocessing: dict[str, Any], tensorboard: bool) -> None:
+        self.preprocessing = preprocessing
+        self.tensorboard = tensorboard
+        self.writer: SummaryWriter | None = None
+
+    def __call__(self, metrics: EpochMetrics, trainer: Trainer) -> None:
+        if self.tensorboard:
+            _write_scalars(self._writer(metrics.epoch), metrics)
+        result = {**metrics.to_dict(),
+                  "num_parameters": sum(p.numel() for p in trainer.model.parameters())}
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(Path(folder), trainer, self.preprocessing)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def _writer(self, epoch: int) -> SummaryWriter:
+        if self.writer is None:
+            folder = Path(tune.get_context().get_trial_dir()) / TENSORBOARD_DIR
+            # purge_step drops events a crashed attempt wrote after the checkpoint we resume from.
+            self.writer = SummaryWriter(log_dir=str(folder), purge_step=epoch)
+        return self.writer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _write_scalars(writer: Any, metrics: EpochMetrics) -> None:

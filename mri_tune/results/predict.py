@@ -6,7 +6,7 @@ Symbols (C classes, n slices of one volume):
                               (the paper's slice profile uses 0.7); otherwise its decision is None
     votes      {class: int}   how many slices have each class as their most probable one
     label      str            the volume's region: majority vote of its slices (ties: larger
-                              summed probability), as in `mri_tune.evaluate.majority_vote`
+                              summed probability), as in `mri_tune.results.evaluate.majority_vote`
 
 A volume file is read and preprocessed by the ingest code (`volume_file_to_slices`) with the
 preprocessing parameters saved in the ensemble, so new volumes are sliced, oriented, resized and
@@ -20,13 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mri_tune.errors import InputError
-from mri_tune.evaluate import majority_vote
+from mri_tune.results.ensemble import load_model
+from mri_tune.results.evaluate import majority_vote
+from mri_tune_core import paper
+from mri_tune_datasets.preprocess import volume_file_to_slices
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.7
+DEFAULT_THRESHOLD = paper.DECISION_THRESHOLD
 """Probability a class must exceed for a slice to be labelled (the paper's Fig. 6)."""
 
 
@@ -83,16 +88,17 @@ def summarise_volume(path: str, probs: np.ndarray, classes: tuple[str, ...], thr
                             {c: int(n) for c, n in zip(classes, counts, strict=True)}, slices)
 
 
-def predict_volumes(model_path: Path, volumes: list[Path], threshold: float = DEFAULT_THRESHOLD
-                    ) -> list[VolumePrediction]:
-    """Read, preprocess as ingest did, and classify each volume with the ensemble `model_path`."""
-    from mri_tune.ensemble import load_ensemble
-    from mri_tune_datasets.preprocess import volume_file_to_slices
-
+def predict_volumes(model_path: Path, volumes: list[Path], threshold: float = DEFAULT_THRESHOLD,
+                    preprocessing: dict | None = None) -> list[VolumePrediction]:
+    """Read, preprocess as ingest did, and classify each volume with `model_path`: an ensemble
+    folder or one checkpoint (`preprocessing` overrides what the checkpoint recorded)."""
     check_threshold(threshold)
-    ensemble = load_ensemble(model_path)
+    ensemble = load_model(model_path, preprocessing=preprocessing)
+    if not ensemble.preprocessing:
+        raise InputError(f"{model_path} records no preprocessing (a checkpoint of an older "
+                         "version); pass --store with the store it was trained on.")
     results = []
-    for path in volumes:
+    for number, path in enumerate(volumes, start=1):
         batches = volume_file_to_slices(Path(path), ensemble.preprocessing)
         if not batches:
             raise InputError(f"{path}: no slice left after preprocessing (every slice is "
@@ -104,7 +110,8 @@ def predict_volumes(model_path: Path, volumes: list[Path], threshold: float = DE
         part = [b.part for b in batches for _ in range(len(b.images))]
         results.append(summarise_volume(str(path), probs, ensemble.classes, threshold,
                                         index, plane, part))
-        logger.info("%s: %s (%d slices)", path, results[-1].label, len(images))
+        logger.info("volume %d of %d, %s: %s (%d slices)", number, len(volumes), path,
+                    results[-1].label, len(images))
     return results
 
 
@@ -112,15 +119,10 @@ def plot_profiles(predictions: list[VolumePrediction], out: Path, threshold: flo
     """The paper's Fig. 6: class probabilities against slice index, one row per volume and one
     column per plane (of the first volume of a 4D file or mixed series), the threshold as a
     dashed line and, along the bottom, each slice's decision (grey: no class above it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [(p, _profile_keys(p)) for p in predictions]
     columns = max(len(keys) for _, keys in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(4.2 * columns, 2.8 * len(rows)),
-                             squeeze=False)
+    fig = Figure(figsize=(4.2 * columns, 2.8 * len(rows)))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
     for row, (prediction, keys) in enumerate(rows):
         for col in range(columns):
             if col < len(keys):
@@ -132,7 +134,6 @@ def plot_profiles(predictions: list[VolumePrediction], out: Path, threshold: flo
     fig.tight_layout(rect=(0, 0.05 if len(rows) < 3 else 0.025, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -148,8 +149,6 @@ def _profile_keys(prediction: VolumePrediction) -> list[tuple[str, str]]:
 
 def _plot_profile(ax, prediction: VolumePrediction, key: tuple[str, str], threshold: float
                   ) -> None:
-    from matplotlib.ticker import MaxNLocator
-
     slices = sorted((s for s in prediction.slices if (s.part, s.plane) == key),
                     key=lambda s: s.index)
     classes = list(slices[0].probs)

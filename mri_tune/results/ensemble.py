@@ -9,7 +9,7 @@ Ensemble folder (format 1):
                            store path and provenance, the ranking rule, and for each member:
                            trial_id, val_loss, val_error, epoch, config, spec, weights file
     members/<trial>.pt     the member's checkpoint without optimizer and RNG state
-                           (readable by `mri_tune.train.load_checkpoint`)
+                           (readable by `mri_tune.training.checkpoint.load_checkpoint`)
     baseline/<trial>.pt    the paper's baseline trial when the search ran it (for evaluation)
 
 Prediction: p(c | x) = (1 / K) sum_k softmax_k(x)_c over the K members (the paper, section 3).
@@ -21,87 +21,35 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
+from mri_tune.experiment.record import read_search_record
+from mri_tune.results.trials import TrialRecord, load_trials, rank_trials
+from mri_tune.training.checkpoint import load_checkpoint, read_checkpoint
+from mri_tune.training.inference import predict_proba
+from mri_tune_core import paper
 
 logger = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT_VERSION = 1
-METRIC = "val_loss"
 RANKING = "best validation loss (minimum over epochs of the class-weighted cross-entropy)"
 _DROPPED_KEYS = ("optimizer", "rng")  # training state a member for inference does not need
 
 
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial of an experiment, as the ranking and the report see it."""
-
-    trial_id: str
-    index: int  # order of creation (Tune's trial counter)
-    config: dict[str, Any]
-    status: str
-    best_val_loss: float  # NaN when the trial reported nothing
-    best_val_error: float  # val_error at the epoch of the best val_loss
-    best_epoch: int
-    epochs_run: int
-    checkpoint: str | None  # the best checkpoint's folder
-
-    @property
-    def finished_ok(self) -> bool:
-        return math.isfinite(self.best_val_loss) and self.checkpoint is not None
-
-
-def load_trials(experiment_dir: Path) -> list[TrialRecord]:
-    """Every trial of a Tune experiment folder, in creation order (reads, never writes)."""
-    from ray.tune import ExperimentAnalysis
-
-    experiment_dir = Path(experiment_dir)
-    if not any(experiment_dir.glob("experiment_state-*.json")):
-        raise InputError(f"{experiment_dir} is not a Ray Tune experiment folder (no "
-                         "experiment_state-*.json); pass --storage/--name of a search run, e.g. "
-                         "demo_output/ray/mri_tune_demo.")
-    analysis = ExperimentAnalysis(str(experiment_dir), default_metric=METRIC, default_mode="min")
-    frames = analysis.trial_dataframes
-    records = [_record(trial, frames.get(trial.trial_id), analysis) for trial in analysis.trials]
-    return sorted(records, key=lambda r: (r.index, r.trial_id))
-
-
-def _record(trial, frame, analysis) -> TrialRecord:
-    # Tune numbers trials in creation order at the head of the experiment tag ("7_lr=0.01,...").
-    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
-    index = int(head) if head.isdigit() else 0
-    if frame is None or METRIC not in frame or frame[METRIC].isna().all():
-        return TrialRecord(trial.trial_id, index, dict(trial.config), str(trial.status),
-                           math.nan, math.nan, 0, 0, None)
-    best = frame[METRIC].idxmin()
-    checkpoint = analysis.get_best_checkpoint(trial, metric=METRIC, mode="min")
-    return TrialRecord(
-        trial.trial_id, index, dict(trial.config), str(trial.status),
-        float(frame.loc[best, METRIC]), float(frame.loc[best, "val_error"]),
-        int(frame.loc[best, "training_iteration"]), int(frame["training_iteration"].max()),
-        None if checkpoint is None else checkpoint.path)
-
-
-def rank_trials(trials: list[TrialRecord]) -> list[TrialRecord]:
-    """Trials with a best checkpoint, best validation loss first (ties: earlier trial first)."""
-    return sorted((t for t in trials if t.finished_ok), key=lambda t: (t.best_val_loss, t.index))
-
-
-def build_ensemble(experiment_dir: Path, out: Path, top: int = 10,
+def build_ensemble(experiment_dir: Path, out: Path, top: int = paper.TOP_K,
                    baseline_config: dict[str, Any] | None = None) -> Path:
     """Write the ensemble folder of the `top` best trials of `experiment_dir` into `out`.
 
     baseline_config: the Table 1 config of the paper's baseline (default: the one the search
     recorded in its settings file); the trial that ran it is stored for side-by-side evaluation.
     """
-    from mri_tune.experiment import read_search_record
-
     if top < 1:
         raise InputError(f"--top must be an integer >= 1. Got {top}; the paper averages 10.")
     trials = load_trials(experiment_dir)
@@ -116,7 +64,11 @@ def build_ensemble(experiment_dir: Path, out: Path, top: int = 10,
     if baseline_config is None and record is not None:
         baseline_config = record.get("baseline_config")
     out = _fresh_folder(Path(out))
-    members = [_write_member(t, out / "members") for t in ranked[:top]]
+    members = []
+    for rank, trial in enumerate(ranked[:top], start=1):
+        logger.info("ensemble member %d of %d: trial %s (val_loss %.4f)", rank,
+                    min(top, len(ranked)), trial.trial_id, trial.best_val_loss)
+        members.append(_write_member(trial, out / "members"))
     baseline = _find_baseline(trials, baseline_config)
     manifest = _manifest(members, record, experiment_dir,
                          None if baseline is None else _write_member(baseline, out / "baseline"))
@@ -137,10 +89,6 @@ def _fresh_folder(out: Path) -> Path:
 
 
 def _write_member(trial: TrialRecord, folder: Path) -> dict[str, Any]:
-    import torch
-
-    from mri_tune.train import read_checkpoint
-
     payload = read_checkpoint(Path(trial.checkpoint))
     for key in _DROPPED_KEYS:
         payload.pop(key, None)
@@ -175,8 +123,6 @@ def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
 
 def _manifest(members: list[dict], record: dict | None, experiment_dir: Path,
               baseline: dict | None) -> dict[str, Any]:
-    from mri_tune.store import SliceStore
-
     if record is None or "store" not in record:
         raise InputError(f"{experiment_dir} has no search record (mri_tune_search.json) naming "
                          "its store; run the search with experiments/run_search.py.")
@@ -213,8 +159,6 @@ class Ensemble:
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, H, W) uint8 slices -> (N, C) mean of the members' softmax probabilities."""
-        from mri_tune.train import predict_proba
-
         images = np.asarray(images)
         if images.ndim != 3 or tuple(images.shape[1:]) != tuple(self.image_size):
             raise InputError(f"The ensemble takes (N, {self.image_size[0]}, "
@@ -226,7 +170,7 @@ class Ensemble:
         return (total / len(self.models)).astype(np.float32)
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
+def read_ensemble_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / ENSEMBLE_FILE
     if not path.is_file():
         raise InputError(f"{folder} is not an ensemble folder (no {ENSEMBLE_FILE}); build one "
@@ -240,30 +184,46 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 def load_ensemble(folder: Path, device: str = "cpu", part: str = "members") -> Ensemble:
     """Load an ensemble folder; part="baseline" loads its baseline member instead."""
-    from mri_tune.train import load_checkpoint
-
-    manifest = _read_manifest(folder)
+    manifest = read_ensemble_manifest(folder)
     members = manifest["members"] if part == "members" else [manifest["baseline"]]
     models = [load_checkpoint(Path(folder) / m["weights"], device).model for m in members]
     return Ensemble(models, tuple(manifest["classes"]), tuple(manifest["image_size"]),
                     manifest["preprocessing"], members)
 
 
+def load_single_model(path: Path, device: str = "cpu",
+                      preprocessing: dict[str, Any] | None = None) -> Ensemble:
+    """One checkpoint (from `mri-tune train` or a trial) as an ensemble of one member.
+
+    preprocessing: the ingest parameters for new volumes; default: those the checkpoint recorded
+    from its store (checkpoints of older versions have none: pass the store's).
+    """
+    loaded = load_checkpoint(path, device)
+    return Ensemble([loaded.model], tuple(loaded.class_names), loaded.image_size,
+                    preprocessing if preprocessing is not None else loaded.preprocessing,
+                    [{"checkpoint": str(path), "spec": loaded.spec.to_dict()}])
+
+
+def load_model(path: Path, device: str = "cpu",
+               preprocessing: dict[str, Any] | None = None) -> Ensemble:
+    """An ensemble folder, or a single checkpoint (file, or folder holding checkpoint.pt)."""
+    path = Path(path)
+    if (path / ENSEMBLE_FILE).is_file():
+        return load_ensemble(path, device)
+    return load_single_model(path, device, preprocessing)
+
+
 def load_classifiers(path: Path, classes: list[str] | tuple[str, ...]) -> dict[str, Ensemble]:
     """What `evaluate` compares: {"baseline", "ensemble"} for an ensemble folder (baseline when
     the search ran it), {"model"} for one checkpoint (a file or a folder holding checkpoint.pt)."""
-    from mri_tune.train import load_checkpoint
-
     path = Path(path)
     if (path / ENSEMBLE_FILE).is_file():
-        manifest = _read_manifest(path)
+        manifest = read_ensemble_manifest(path)
         found = {"baseline": load_ensemble(path, part="baseline")} if manifest["baseline"] else {}
         found["ensemble"] = load_ensemble(path)
         models = found
     else:
-        loaded = load_checkpoint(path)
-        models = {"model": Ensemble([loaded.model], tuple(loaded.class_names), loaded.image_size,
-                                    {}, [{"checkpoint": str(path)}])}
+        models = {"model": load_single_model(path)}
     for name, model in models.items():
         if list(model.classes) != list(classes):
             raise InputError(f"The {name} at {path} predicts classes {list(model.classes)} but "
@@ -274,7 +234,7 @@ def load_classifiers(path: Path, classes: list[str] | tuple[str, ...]) -> dict[s
 
 def describe_ensemble(folder: Path) -> str:
     """A few lines naming the members and their scores (what `mri-tune ensemble` prints)."""
-    manifest = _read_manifest(folder)
+    manifest = read_ensemble_manifest(folder)
     lines = [f"ensemble of {len(manifest['members'])} trials written to {folder} "
              f"(ranked by {manifest['ranking']}):"]
     lines += [f"  {m['trial_id']}  val_loss {m['val_loss']:.4f}  val_error {m['val_error']:.3f}"

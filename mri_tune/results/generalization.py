@@ -1,10 +1,11 @@
 """Generalisation to unseen sources: leave-one-group-out and subject-grouped k-fold on a store.
 
 A store's three splits are pooled; each fold holds out a set of volumes (one group of sources,
-or one k-th of the subjects), trains a recipe on the rest with the one training loop
-(`mri_tune.train.Trainer`) and predicts the held-out slices. Every volume is predicted exactly
-once per seed, so the pooled predictions of one seed give one `Evaluation` (slice and volume
-confusion matrices), and the spread over seeds says how much of a difference is noise.
+or one k-th of the subjects), trains a recipe on the rest with the one training entry point
+(`mri_tune.training.run.train_on_slices`) and predicts the held-out slices. Every volume is
+predicted exactly once per seed, so the pooled predictions of one seed give one `Evaluation`
+(slice and volume confusion matrices), and the spread over seeds says how much of a difference
+is noise.
 
 Groups. A group is a set of volumes whose manifest rows share a value of a grouping column
 (the manifest's `source`, or a coarser site label computed from it). Groups that share a
@@ -33,10 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mri_tune.evaluate import Evaluation, evaluate_probabilities
-from mri_tune.model import CNNSpec
-from mri_tune.store import SliceStore
-from mri_tune.train import Slices, TrainConfig, Trainer, build_model, predict_proba
+from mri_tune.data.store import SliceStore
+from mri_tune.results.evaluate import Evaluation, evaluate_probabilities
+from mri_tune.training.config import TrainConfig
+from mri_tune.training.inference import predict_proba
+from mri_tune.training.model import CNNSpec
+from mri_tune.training.run import train_on_slices
+from mri_tune.training.trainer import Slices
 from mri_tune_core import paper
 from mri_tune_core.errors import InputError
 
@@ -169,14 +173,11 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
     start = time.perf_counter()
     train_images, train_labels, _ = data.select(fold.train)
     test_images, test_labels, test_volume = data.select(fold.test)
-    config = replace(recipe.train, seed=seed)
-    model = build_model(recipe.spec, len(data.classes), tuple(data.images.shape[1:]), device,
-                        seed)
     held_out = Slices(test_images, torch.from_numpy(test_labels))
-    trainer = Trainer(model, Slices(train_images, torch.from_numpy(train_labels)), held_out,
-                      config, data.classes, device)
-    trainer.run()
-    probs = predict_proba(model, test_images, device)
+    trainer = train_on_slices(Slices(train_images, torch.from_numpy(train_labels)), held_out,
+                              data.classes, recipe.spec, replace(recipe.train, seed=seed),
+                              device=device)
+    probs = predict_proba(trainer.model, test_images, device)
     return FoldPrediction(fold.name, probs, test_labels, test_volume,
                           time.perf_counter() - start)
 

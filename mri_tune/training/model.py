@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from mri_tune.errors import SpecError
+from mri_tune_core import paper
 
-HIDDEN_UNITS = (4096, 1024)
+HIDDEN_UNITS = paper.HIDDEN_UNITS
 """Widths of the two fully connected layers of the paper."""
 
 _POOL = 2
@@ -62,11 +63,6 @@ class CNNSpec:
                 f"Got {self.kernel_size}; use 3 or 5."
             )
 
-    @classmethod
-    def baseline(cls) -> CNNSpec:
-        """The paper's baseline: 5 blocks of one 3x3 convolution of 64 filters."""
-        return cls(num_blocks=5, convs_per_block=1, filters=64, kernel_size=3)
-
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
@@ -100,6 +96,24 @@ class CNNSpec:
         widths = (self.filters * height * width, *HIDDEN_UNITS, num_classes)
         dense = sum((w_in + 1) * w_out for w_in, w_out in zip(widths[:-1], widths[1:], strict=True))
         return conv_params + dense
+
+    def convolution_cost(self, image_size: tuple[int, int]) -> tuple[float, float]:
+        """(multiply-accumulates, activation values) of the convolutions for one image.
+
+        Convolution i of block b (0-based) works on (H / 2^b) x (W / 2^b) pixels:
+            MACs = H_b W_b k^2 c_in filters;  activations = sum over convolutions of filters H_b W_b
+        """
+        height, width = image_size
+        k2 = self.kernel_size**2
+        macs = activations = 0.0
+        channels = 1
+        for block in range(self.num_blocks):
+            pixels = (height >> block) * (width >> block)
+            for _ in range(self.convs_per_block):
+                macs += pixels * k2 * channels * self.filters
+                activations += pixels * self.filters
+                channels = self.filters
+        return macs, activations
 
 
 def int_from(values: Mapping[str, Any], name: str) -> int:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mri_tune.data.store import SliceStore
+from mri_tune.results.ensemble import load_classifiers
+
 logger = logging.getLogger(__name__)
 
 
@@ -160,9 +163,6 @@ def evaluate(model_path: Path, store_path: Path, split: str = "test",
     trial (points_to_evaluate[0]); `build_ensemble` stores it beside the members, so evaluating
     an ensemble folder shows both side by side.
     """
-    from mri_tune.ensemble import load_classifiers
-    from mri_tune.store import SliceStore
-
     store = SliceStore(store_path)
     data = store.load_split(split)
     images = data.images.numpy() if hasattr(data.images, "numpy") else np.asarray(data.images)

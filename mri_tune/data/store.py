@@ -105,6 +105,11 @@ class SliceStore:
             self._file.close()
         self._file, self._pid = None, None
 
+    def split_size(self, split: str) -> int:
+        """Slices of one split (0 for a split the store does not have)."""
+        start, stop = self.split_ranges.get(split, (0, 0))
+        return stop - start
+
     def load_split(self, split: str, device: torch.device | str | None = None) -> SplitData:
         """Read one split in one contiguous read per dataset; onto `device` if given."""
         if split not in SPLITS:

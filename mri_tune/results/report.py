@@ -21,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from mri_tune.ensemble import TrialRecord, load_trials, rank_trials
-from mri_tune.evaluate import Evaluation, EvaluationReport
+from mri_tune.experiment.console import short_config
+from mri_tune.experiment.record import read_search_record
+from mri_tune.results.ensemble import read_ensemble_manifest
+from mri_tune.results.evaluate import Evaluation, EvaluationReport, evaluate
+from mri_tune.results.trials import TrialRecord, load_trials, rank_trials
+from mri_tune_core import paper
 
 logger = logging.getLogger(__name__)
 
-TABLE1_COLUMNS = ("num_blocks", "convs_per_block", "filters", "kernel_size", "learning_rate",
-                  "batch_size", "epochs", "augmentation")
 _FAILED_COLOUR, _BASELINE_COLOUR, _WARMUP_COLOUR = "tab:red", "tab:green", "0.5"
 OUTLIER_FACTOR = 5.0
 """Values above OUTLIER_FACTOR x the median (diverged trials) are drawn at the top edge."""
@@ -47,31 +51,20 @@ def running_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return minimum, median
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on clusters or in CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_search_progress(trials: list[TrialRecord], warmup_end: int,
                          baseline: TrialRecord | None, out: Path) -> Path:
     """Fig. 4: best validation loss (top) and its validation error (bottom) per trial.
 
     warmup_end: index of the first trial the GP proposed (the marker is drawn before it).
     """
-    plt = _pyplot()
     index = np.arange(len(trials))
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    fig = Figure(figsize=(8, 6.5))
+    axes = fig.subplots(2, 1, sharex=True)
     for ax, attr, label in ((axes[0], "best_val_loss", "validation loss"),
                             (axes[1], "best_val_error", "validation error")):
         values = np.array([getattr(t, attr) for t in trials], dtype=float)
         _progress_panel(ax, index, values, label, warmup_end,
                         None if baseline is None else getattr(baseline, attr))
-    from matplotlib.ticker import MaxNLocator
-
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xlabel("trial index (order of proposal)")
     axes[0].set_title(f"Search progress: {len(trials)} trials, "
@@ -80,7 +73,6 @@ def plot_search_progress(trials: list[TrialRecord], warmup_end: int,
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the legend below the panels
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -118,9 +110,9 @@ def _axis_top(values: np.ndarray) -> float:
 
 def plot_confusions(models: dict[str, Evaluation], out: Path) -> Path:
     """Fig. 5: one column per model, rows volume level and slice level."""
-    plt = _pyplot()
     names = list(models)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(names), 7.6))
+    axes = fig.subplots(2, len(names), squeeze=False)
     for col, name in enumerate(names):
         ev = models[name]
         for row, (level, matrix, accuracy) in enumerate((
@@ -130,7 +122,6 @@ def plot_confusions(models: dict[str, Evaluation], out: Path) -> Path:
                              f"{name}, {level} level (accuracy {accuracy:.3f})")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -151,12 +142,12 @@ def _confusion_panel(ax, matrix: np.ndarray, classes: tuple[str, ...], title: st
 
 def top_table(ranked: list[TrialRecord], top: int) -> list[str]:
     """Fig. 2 as a markdown table: the `top` best trials and their Table 1 settings."""
-    header = ["rank", "trial", "val loss", "val error", *TABLE1_COLUMNS]
+    header = ["rank", "trial", "val loss", "val error", *paper.TABLE1_KEYS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, trial in enumerate(ranked[:top], start=1):
         cells = [str(rank), trial.trial_id, f"{trial.best_val_loss:.4f}",
                  f"{trial.best_val_error:.3f}"]
-        cells += [_format_value(trial.config.get(key)) for key in TABLE1_COLUMNS]
+        cells += [_format_value(trial.config.get(key)) for key in paper.TABLE1_KEYS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -189,15 +180,11 @@ def evaluation_table(report: EvaluationReport) -> list[str]:
 def write_report(experiment_dir: Path, ensemble_dir: Path, store: Path, out: Path,
                  evaluation: EvaluationReport | None = None, split: str = "test") -> Path:
     """Write report.md, its figures and evaluation.json into `out`; returns report.md's path."""
-    from mri_tune.ensemble import _read_manifest
-    from mri_tune.evaluate import evaluate
-    from mri_tune.experiment import read_search_record
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trials = load_trials(Path(experiment_dir))
     record = read_search_record(Path(experiment_dir)) or {}
-    manifest = _read_manifest(Path(ensemble_dir))
+    manifest = read_ensemble_manifest(Path(ensemble_dir))
     baseline_id = (manifest.get("baseline") or {}).get("trial_id")
     baseline = next((t for t in trials if t.trial_id == baseline_id), None)
     warmup_end = int(record.get("warmup_end", 0))
@@ -247,13 +234,9 @@ def _markdown(trials: list[TrialRecord], record: dict, manifest: dict,
     ]
     if failed:
         lines += ["", "## Failed trials", ""]
-        lines += [f"- {t.trial_id} ({t.status}): {_short_config(t.config)}" for t in failed]
+        lines += [f"- {t.trial_id} ({t.status}): {short_config(t.config)}" for t in failed]
     return lines
 
 
 def _num(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-
-def _short_config(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_format_value(config.get(k))}" for k in TABLE1_COLUMNS)
