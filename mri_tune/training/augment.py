@@ -29,7 +29,8 @@ Symbols of the geometry:
                      [R(angle) S(shear) diag(flip * aspect^1/2, aspect^-1/2) / (zoom crop) | t]
 
 Named policies (`policy(name)`): "paper" is the paper's augmentation (`AugmentConfig()`); the
-others add one family of scanner shifts to it, or all of them ("scanner").
+others add one family of scanner shifts to it, or all of them ("scanner", DEFAULT_POLICY: what
+`TrainConfig` uses unless told otherwise, chosen by benchmarks/generalization.py).
 """
 
 from __future__ import annotations
@@ -237,6 +238,11 @@ POLICIES: dict[str, AugmentConfig] = {
     "scanner": _merged(*FAMILIES),
 }
 """Named augmentation policies: the paper's, the paper's plus one family, or all ("scanner")."""
+
+
+DEFAULT_POLICY = "scanner"
+"""The policy `TrainConfig` (and so every search trial with augmentation on) uses: the best on
+the leave-one-site-out benchmark (benchmarks/RESULTS_generalization.md)."""
 
 
 def policy(name: str) -> AugmentConfig:
