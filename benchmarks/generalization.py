@@ -13,8 +13,8 @@ the held-out volumes (`mri_tune.results.generalization`). Protocols:
 Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
   shipped   the recipe mri-tune ships: 3 blocks x 1 conv x 16 filters (3x3), lr 0.01, batch 32,
             the "scanner" augmentation policy (`mri_tune.training.augment.POLICIES`)
-  paper     the paper's baseline network (5 x 1 x 64, 3x3), lr 0.001, batch 8, the paper's
-            augmentation, class-weighted cross-entropy
+  paper     the paper's recipe (`baseline_specs`): its baseline network (5 x 1 x 64, 3x3), lr
+            0.001, batch 8, the paper's augmentation, class-weighted cross-entropy
   aug:P     the shipped network with the named augmentation policy P (`--recipes aug:paper,
             aug:fov`): each family's effect on the same folds and seeds; `aug:none` trains
             without augmentation
@@ -33,6 +33,7 @@ slices whose largest probability passes the paper's 0.7.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -56,7 +57,7 @@ from mri_tune.results.generalization import (
     subject_kfold,
 )
 from mri_tune.training.augment import POLICIES, policy
-from mri_tune.training.config import TrainConfig
+from mri_tune.training.config import TrainConfig, baseline_specs
 from mri_tune.training.device import resolve_device
 from mri_tune.training.model import CNNSpec
 
@@ -97,9 +98,8 @@ def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
     out = []
     for name in names:
         if name == "paper":
-            out.append(Recipe(name, CNNSpec.baseline(), TrainConfig(
-                learning_rate=1e-3, batch_size=8, augmentation=True, augment=policy("paper"),
-                **budget)))
+            spec, train = baseline_specs(images_per_epoch=images)
+            out.append(Recipe(name, spec, dataclasses.replace(train, epochs=epochs)))
             continue
         chosen = SHIPPED_POLICY if name == "shipped" else name.removeprefix("aug:")
         augmentation = chosen != "none"
@@ -194,16 +194,24 @@ def main() -> None:
         for recipe in chosen:
             results.append((cross_validate(recipe, data, folds, seeds, device, protocol),
                             recipe))
+            print(format_table([results[-1][0]], data.classes), flush=True)
+            if args.json is not None:  # after each recipe: a long run keeps what it measured
+                write_json(args, store, results, time.perf_counter() - start)
     seconds = time.perf_counter() - start
     print(f"\n{len(data.labels)} slices of {store.image_size[0]}x{store.image_size[1]}, "
           f"{len(data.volumes)} volumes; {args.epochs} epochs x {args.images_per_epoch} "
           f"images; {seconds / 60:.1f} min on {device}")
     print(format_table([r for r, _ in results], data.classes))
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "store": str(store.path), "size": args.size, "seconds": seconds,
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "results": [to_json(r, recipe) for r, recipe in results]}, indent=1))
+        write_json(args, store, results, seconds)
+
+
+def write_json(args: argparse.Namespace, store: SliceStore,
+               results: list[tuple[RecipeResult, Recipe]], seconds: float) -> None:
+    args.json.write_text(json.dumps({
+        "store": str(store.path), "size": args.size, "seconds": seconds,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": [to_json(r, recipe) for r, recipe in results]}, indent=1))
 
 
 if __name__ == "__main__":
