@@ -349,3 +349,11 @@ def test_allow_outside_root_reads_there(tiny) -> None:
     report = ingest(_settings(manifest, "fail", allow_outside_root=True))
     assert report.n_volumes == 4
     assert "../outside.nii.gz" in [v["path"] for v in SliceStore(report.out).volumes()]
+
+
+def test_empty_trailing_cells_are_harmless(tiny) -> None:
+    """Spreadsheet exports often end rows with a comma; only non-empty surplus cells are bad."""
+    rows = tiny.good_rows("head", 3)
+    manifest = tiny.folder / "manifest.csv"
+    manifest.write_text("path,region,subject\n" + "".join(",".join(r) + ",,\n" for r in rows))
+    assert ingest(_settings(manifest, "fail")).n_volumes == 3

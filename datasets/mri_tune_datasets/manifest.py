@@ -148,7 +148,7 @@ def _check_keep_columns(keep: tuple[str, ...], columns: list[str], manifest: Pat
 def _row(number: int, line: int, cells: list[str], columns: list[str], root: Path,
          keep: tuple[str, ...]) -> ManifestRow:
     problem = ""
-    if len(cells) > len(columns):
+    if any(c.strip() for c in cells[len(columns):]):  # empty trailing cells are harmless
         problem = (f"the row has {len(cells)} cells but the header has {len(columns)} columns; "
                    "quote cells that contain commas (\"a,b\") or add the missing column names")
     for column, cell in zip(columns, cells, strict=False):
@@ -214,6 +214,13 @@ def locate_volume(row: ManifestRow, root: Path, allow_outside_root: bool) -> tup
             f"path {row.display_path!r} leads outside the root folder (the manifest's folder, or "
             "--root); ingest reads only files under the root: move the file under it, pass a "
             "--root that holds it, or pass --allow-outside-root if you trust this manifest")
+    if resolved.is_dir() and not allow_outside_root:
+        links = [p.name for p in resolved.iterdir() if not p.resolve().is_relative_to(root)]
+        if links:
+            raise InputError(
+                f"{len(links)} file(s) of the series folder (e.g. {printable(links[0], 40)}) are "
+                "links to files outside the root folder (the manifest's folder, or --root); copy "
+                "them into the folder, or pass --allow-outside-root if you trust them")
     if not resolved.exists():
         raise InputError(f"file not found: {row.display_path}; check the path (the manifest's "
                          "path column, relative to the manifest's folder or --root)")

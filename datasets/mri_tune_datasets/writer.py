@@ -84,8 +84,8 @@ def check_space(folder: Path, new_bytes: int, largest_file: int, what: str) -> N
             "unlimited) or make the store smaller (--size, fewer rows)")
 
 
-def _write_error(err: OSError, path: Path) -> StoreWriteError:
-    """An OSError of a write, worded for the user."""
+def _write_error(err: OSError, out: Path) -> StoreWriteError:
+    """An OSError of a write (staging or store file beside `out`), worded for the user."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "the disk is full: free some space or write --out to another disk"
     elif err.errno == errno.EFBIG:
@@ -94,8 +94,8 @@ def _write_error(err: OSError, path: Path) -> StoreWriteError:
         hint = "no permission to write there: choose an --out in a writable folder"
     else:
         hint = "check the disk and the folder of --out"
-    return StoreWriteError(f"writing {path.name} beside {path.parent.name or '.'}/ failed "
-                           f"({err.strerror or err}); {hint}. Nothing was written to --out")
+    return StoreWriteError(f"writing the store {out} failed ({err.strerror or err}): {hint}; "
+                           f"{out.name} was not changed and no temporary file is left")
 
 
 def _temporary_prefix(out: Path) -> str:
@@ -249,7 +249,7 @@ class StoreWriter:
             fd, staging = tempfile.mkstemp(dir=self.out.parent, prefix=self._prefix,
                                            suffix=".staging")
         except OSError as err:
-            raise _write_error(err, self.out.parent / f"{self._prefix}staging") from err
+            raise _write_error(err, self.out) from err
         self._staging_path = Path(staging)
         self._staging = os.fdopen(fd, "wb")
         self._tmp_path: Path | None = None
@@ -297,7 +297,7 @@ class StoreWriter:
                 self._staging.write(np.ascontiguousarray(b.images).tobytes())
             self._staging.flush()
         except OSError as err:
-            raise _write_error(err, self._staging_path) from err
+            raise _write_error(err, self.out) from err
         self._records.append(record)
         self._n.append(sum(len(b.images) for b in batches))
         self._plane.append(np.concatenate(
@@ -346,7 +346,7 @@ class StoreWriter:
                 os.fsync(handle.fileno())
             os.replace(self._tmp_path, self.out)
         except OSError as err:
-            raise _write_error(err, self._tmp_path or self.out) from err
+            raise _write_error(err, self.out) from err
         self._tmp_path = None
         self.abort()
         logger.info("wrote %s: %d slices of %d volumes", self.out, self.n_slices, len(order))
@@ -362,7 +362,7 @@ class StoreWriter:
         except OSError as err:
             if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystem without fallocate
                 return
-            raise _write_error(err, self._tmp_path or self.out) from err
+            raise _write_error(err, self.out) from err
 
     def _write_slices(self, f: h5py.File, order: np.ndarray, volume_split: Sequence[int]
                       ) -> dict[str, list[int]]:
