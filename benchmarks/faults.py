@@ -151,6 +151,17 @@ def _cli(args: list[str], script: str | None = None, file_limit: int | None = No
     return Run(done.returncode, done.stdout, done.stderr, False)
 
 
+def _staged(folder: Path) -> bool:
+    """Whether a staging file in `folder` holds slices."""
+    for path in folder.glob("*.staging"):
+        try:
+            if path.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # removed as we looked
+            continue
+    return False
+
+
 def _partial(folder: Path) -> int:
     """Files beside the store: staging, temporary and lock files."""
     return sum(1 for p in folder.iterdir() if p.name != STORE)
@@ -206,6 +217,23 @@ def sigterm_during_ingest(ctx: Context) -> FaultRow:
         return FaultRow(name, "ingest never reached its second row", False, _partial(out.parent),
                         False)
     (out.parent / "ready").unlink()
+    proc.send_signal(signal.SIGTERM)
+    run = _wait(proc)
+    ok = run.returncode == 143 and out.read_bytes() == before and "Traceback" not in run.stderr
+    return FaultRow(name, f"rc {run.returncode}, old store intact: {out.read_bytes() == before}",
+                    ok, _partial(out.parent), run.hang)
+
+
+def sigterm_at_first_staged_bytes(ctx: Context) -> FaultRow:
+    """The plain CLI, signalled as soon as its staging file holds slices (wherever it is then:
+    in torch, nibabel or a write)."""
+    name = "SIGTERM, unpaused CLI"
+    manifest, out, before = _with_old_store(ctx, name)
+    proc = subprocess.Popen([sys.executable, "-m", "mri_tune", *ctx.ingest_args(manifest, out)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + HANG_SECONDS
+    while proc.poll() is None and time.monotonic() < deadline and not _staged(out.parent):
+        time.sleep(0.002)  # polling for a state, not waiting a duration
     proc.send_signal(signal.SIGTERM)
     run = _wait(proc)
     ok = run.returncode == 143 and out.read_bytes() == before and "Traceback" not in run.stderr
@@ -416,8 +444,9 @@ HOSTILE = [
 ]
 
 FAULTS: list[Callable[[Context], FaultRow]] = [
-    sigterm_during_ingest, sigkill_then_rerun, ulimit_while_staging, ulimit_at_store_write,
-    concurrent_ingests, *(hostile_fault(name, build) for name, build in HOSTILE),
+    sigterm_during_ingest, sigterm_at_first_staged_bytes, sigkill_then_rerun,
+    ulimit_while_staging, ulimit_at_store_write, concurrent_ingests,
+    *(hostile_fault(name, build) for name, build in HOSTILE),
 ]
 """Every fault, in table order; search faults are appended the same way."""
 
