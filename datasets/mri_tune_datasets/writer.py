@@ -146,9 +146,12 @@ class StoreLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StoreLock:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         while self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise _write_error(err, self.out) from err
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
