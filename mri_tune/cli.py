@@ -44,19 +44,33 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-small-regions", action="store_true",
                    help="accept regions of fewer than 3 subjects (absent from some splits; "
                         "the summary warns)")
+    p.add_argument("--keep-columns", default="",
+                   help="extra manifest columns to copy into the store, comma-separated "
+                        "(default: none; path, region and subject are always stored)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read files outside the root folder (paths with .., absolute paths, "
+                        "links, NRRD data files); only for a manifest you trust")
     p.set_defaults(handler=_cmd_ingest)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from mri_tune_datasets.ingest import IngestSettings, ingest, parse_split_fractions
+    from mri_tune_datasets.manifest import parse_keep_columns
 
     settings = IngestSettings(
         manifest=args.manifest, root=args.root, out=args.out, size=args.size,
         planes=args.planes, split=parse_split_fractions(args.split), seed=args.seed,
         on_error=args.on_error, max_frames=args.max_frames,
         allow_small_regions=args.allow_small_regions,
+        keep_columns=parse_keep_columns(args.keep_columns),
+        allow_outside_root=args.allow_outside_root,
     )
-    report = ingest(settings)
+    try:
+        report = ingest(settings)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the temporary files are gone
+        print(f"mri-tune ingest: interrupted ({interrupt or 'Ctrl-C'}); {args.out} was not "
+              "changed", file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", 2)
     print(report.summary())
     return 0
 
