@@ -42,8 +42,8 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement
 
-from mri_tune.samples import find_samples
-from mri_tune.store import SliceStore
+from mri_tune.data.samples import find_samples
+from mri_tune.data.store import SliceStore
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_SECONDS = 600

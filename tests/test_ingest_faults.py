@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mri_tune.store import SliceStore
+from mri_tune.data.store import SliceStore
 from mri_tune_datasets import writer as writer_module
 from mri_tune_datasets.ingest import IngestSettings, ingest
 from mri_tune_datasets.writer import StoreLock, StoreWriteError, remove_stale_files

@@ -16,8 +16,8 @@ import pytest
 from pydicom.dataelem import DataElement
 
 from mri_tune.cli import main
+from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
-from mri_tune.store import SliceStore
 from mri_tune_datasets import ingest as ingest_module
 from mri_tune_datasets.ingest import IngestSettings, ingest
 from mri_tune_datasets.split import parse_split_fractions
