@@ -75,6 +75,10 @@ class RaySession:
         folder = self.settings.local_experiment_dir
         if folder is not None and not self.settings.resume:
             write_search_record(self.settings, warmup_trials(self.settings), folder)
+        if not self.settings.verbose:
+            # Tune's new console prints an experiment box and paths even at verbose=0; its
+            # legacy reporter at verbose=0 prints nothing, leaving the console to SearchProgress.
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         ray.init(**ray_init_kwargs(self.settings), log_to_driver=self.settings.verbose)
         if not self.settings.verbose:
             show_once()

@@ -307,8 +307,12 @@ def format_report(report: EvaluationReport) -> str:
         lines.append("")
         lines.append(f"{name}: volume confusion (rows true, columns predicted)")
         lines.extend(_confusion_lines(report.models[name].volume_confusion, classes))
-        lines.extend(_flagged_volumes(report.models[name]))
+    lines.extend(_flagged_volumes(report.models[names[-1]]))  # the ensemble, or the one model
     return "\n".join(lines)
+
+
+_FLAGGED_LINES = 12
+"""Wrong or uncertain volumes listed in the text report (all of them are in --json)."""
 
 
 def _flagged_volumes(evaluation: Evaluation) -> list[str]:
@@ -316,12 +320,16 @@ def _flagged_volumes(evaluation: Evaluation) -> list[str]:
     flagged = [v for v in evaluation.volumes if v.uncertain or not v.correct]
     if not flagged:
         return []
-    lines = ["wrong or uncertain volumes (margin = vote lead as a share of slices):"]
-    for v in flagged:
+    lines = ["", f"wrong or uncertain volumes ({len(flagged)}; margin = the winner's lead as a "
+             "share of the slices, p = its mean probability):"]
+    for v in flagged[:_FLAGGED_LINES]:
         status = "uncertain" if v.uncertain else "wrong"
         part = f" [{v.part}]" if v.part else ""
         lines.append(f"  {status:9} {v.path}{part}: {v.truth} called {v.predicted} "
                      f"(margin {v.vote_margin:.2f}, p {v.mean_probability:.2f})")
+    if len(flagged) > _FLAGGED_LINES:
+        lines.append(f"  ... and {len(flagged) - _FLAGGED_LINES} more (evaluate --json, or the "
+                     "report, lists every volume)")
     return lines
 
 
