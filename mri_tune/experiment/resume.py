@@ -3,7 +3,8 @@
 Tune records a trial as errored both when its own code raised and when its worker process, its
 node or the driver's connection to them died. Only the first is the trial's failure; the second
 says nothing of its configuration, so `--resume` continues such a trial from its checkpoint like
-an unfinished one, whatever `--on-error` says (`--on-error` decides only for exceptions of the
+an unfinished one, whatever `--on-error` says; so does a trial that failed because the storage
+was full (its checkpoint could not be written) (`--on-error` decides only for exceptions of the
 trial's own code). The trial's own known failures (`oom`, `invalid_spec`, `diverged`) are normal
 completions with a `failure` key and are never errors.
 
@@ -16,6 +17,7 @@ exception Tune wrote: a `--resume` already trusts the experiment folder as much 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -28,6 +30,7 @@ from ray.exceptions import (
     NodeDiedError,
     OutOfMemoryError,
     RayActorError,
+    RayTaskError,
     WorkerCrashedError,
 )
 
@@ -42,6 +45,9 @@ ERROR_TEXT = "error.txt"
 # or Ray's memory monitor killing a worker: none of them is the trial's own code.
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     RayActorError, ActorUnavailableError, WorkerCrashedError, NodeDiedError, OutOfMemoryError)
+# The storage full: the trial's checkpoint could not be written, which says nothing of it.
+FULL_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL_STORAGE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 _UNFINISHED = "PENDING"
 
 
@@ -63,7 +69,18 @@ def is_infrastructure_error(trial_dir: Path) -> bool:
         logger.warning("cannot read %s (%s: %s); the trial stays an error", path,
                        type(err).__name__, err)
         return False
-    return isinstance(error, INFRASTRUCTURE_ERRORS)
+    return is_infrastructure(error)
+
+
+def is_infrastructure(error: object) -> bool:
+    """A dead worker, actor or node, or full storage (not the trial's own code)."""
+    if isinstance(error, INFRASTRUCTURE_ERRORS):
+        return True
+    cause = error.cause if isinstance(error, RayTaskError) else error
+    if isinstance(cause, INFRASTRUCTURE_ERRORS):
+        return True
+    return isinstance(cause, OSError) and (
+        cause.errno in FULL_STORAGE_ERRNOS or any(t in str(cause) for t in _FULL_STORAGE_TEXT))
 
 
 def reopen_infrastructure_errors(experiment_dir: Path) -> list[str]:
