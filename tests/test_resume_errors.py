@@ -41,16 +41,18 @@ def test_only_trials_the_infrastructure_killed_are_reopened(tmp_path) -> None:
         "worker_crashed": WorkerCrashedError(),
         "disk_full": _task_error(OSError(errno.ENOSPC, "No space left on device")),
         "own_bug": _task_error(ValueError("a bug in the trial's code")),
+        "lost_checkpoint": _task_error(ValueError(
+            "Could not recover from checkpoint as it does not exist on storage anymore.")),
         "own_missing_file": _task_error(FileNotFoundError(errno.ENOENT, "no such file")),
         "running": None,
     })
     reopened = reopen_infrastructure_errors(tmp_path)
-    assert sorted(reopened) == ["actor_died", "disk_full", "worker_crashed"]
+    assert sorted(reopened) == ["actor_died", "disk_full", "lost_checkpoint", "worker_crashed"]
     data = json.loads(state.read_text())
     statuses = {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in data["trial_data"]}
     assert statuses == {"actor_died": "PENDING", "worker_crashed": "PENDING",
-                        "disk_full": "PENDING", "own_bug": "ERROR", "own_missing_file": "ERROR",
-                        "running": "RUNNING"}
+                        "disk_full": "PENDING", "lost_checkpoint": "PENDING",
+                        "own_bug": "ERROR", "own_missing_file": "ERROR", "running": "RUNNING"}
     for trial, meta in data["trial_data"]:
         if json.loads(trial)["status"] == "PENDING":
             assert json.loads(meta) == {"error_filename": None, "pickled_error_filename": None}

@@ -48,6 +48,7 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
 # The storage full: the trial's checkpoint could not be written, which says nothing of it.
 FULL_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _FULL_STORAGE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+_LOST_CHECKPOINT = "Could not recover from checkpoint as it does not exist"
 _UNFINISHED = "PENDING"
 
 
@@ -79,6 +80,8 @@ def is_infrastructure(error: object) -> bool:
     cause = error.cause if isinstance(error, RayTaskError) else error
     if isinstance(cause, INFRASTRUCTURE_ERRORS):
         return True
+    if isinstance(cause, ValueError) and _LOST_CHECKPOINT in str(cause):
+        return True  # Tune's restore from a checkpoint it had deleted (before trainable.py)
     return isinstance(cause, OSError) and (
         cause.errno in FULL_STORAGE_ERRNOS or any(t in str(cause) for t in _FULL_STORAGE_TEXT))
 
