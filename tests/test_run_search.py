@@ -35,7 +35,7 @@ SCRIPT = REPO / "experiments" / "run_search.py"
 NUM_SAMPLES = 6
 TOP = 4
 HEAD_IP = "127.0.0.1"  # where the test looks for a free port
-_LEG_TIMEOUT_S = 400
+_LEG_TIMEOUT_S = 1200  # a hang detector only: each leg waits for states, and takes minutes
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,9 @@ def _lose_the_last_snapshot(experiment: Path) -> str | None:
         named = Path(trial.checkpoint.path)  # the latest checkpoint the state names
         index = int(named.name.split("_")[-1])
         newer = folder / f"checkpoint_{index + 1:06d}"
-        if not named.is_dir() or newer.exists():
+        if not named.is_dir():
+            return folder.name  # the kill itself fell in that window
+        if newer.exists():
             continue
         epoch = int(torch.load(named / "checkpoint.pt", weights_only=True)["epoch"])
         named.rename(newer)  # registered, and the named one deleted ...

@@ -143,7 +143,7 @@ def test_resume_after_a_driver_killed_before_it_saved_its_state(
 
     # Tune's restore found its checkpoint deleted and started the trial without one.
     resumed = FakeSession(crashed, first_index=5).install(monkeypatch)
-    run_trial({**TINY, "epochs": 3}, settings(sample_store))
+    run_trial({**TINY, "epochs": 3}, settings(sample_store, experiment_dir=tmp_path))
     assert [r["epoch"] for r in resumed.reports] == [2, 3]  # epoch 2 again, then on
     for again, first in zip(resumed.reports, full.reports[1:], strict=True):
         assert again["val_loss"] == first["val_loss"] and again["train_loss"] == first["train_loss"]

@@ -182,6 +182,9 @@ def _train_and_report(spec: CNNSpec, config: TrainConfig, settings: TrialSetting
         if resume is not None:
             logger.info("resuming at epoch %d of %d from %s", resume.payload["epoch"],
                         config.epochs, resume.folder)
+        if resume is not None and settings.experiment_dir is not None:
+            # Only where the trial folder is the experiment's: elsewhere (remote storage) this
+            # worker does not see the result.json that says which epochs Tune recorded.
             _report_unrecorded_epochs(resume, folder)
         train_from_store(store, spec, config, device=device, on_epoch=reporter,
                          resume=None if resume is None else resume.payload)
