@@ -40,8 +40,8 @@ def _plant(experiment: Path, marker: Path) -> None:
     state = sorted(experiment.glob("experiment_state-*.json"))[-1]
     data = json.loads(state.read_text())
     trial = json.loads(data["trial_data"][0][0])
-    trial["placement_group_factory"] = json.dumps(
-        {"_type": "CLOUDPICKLE_FALLBACK", "value": pickle.dumps(_Planted(marker)).hex()})
+    trial["storage"] = {"_type": "CLOUDPICKLE_FALLBACK",
+                        "value": pickle.dumps(_Planted(marker)).hex()}
     data["trial_data"][0][0] = json.dumps(trial)
     state.write_text(json.dumps(data))
 
@@ -81,7 +81,10 @@ def test_a_crafted_experiment_state_runs_no_code(trained_search, tmp_path) -> No
     shutil.copytree(trained_search.experiment, copy)
     marker = tmp_path / "ran"
     _plant(copy, marker)
-    ExperimentAnalysis(str(copy))  # Ray's reader runs the planted code ...
+    try:
+        ExperimentAnalysis(str(copy))  # Ray's reader runs the planted code ...
+    except Exception:  # noqa: BLE001 - it may then fail on what the code returned: beside the point
+        pass
     assert marker.exists()
     marker.unlink()
     assert len(load_trials(copy)) == trained_search.num_samples  # ... ours does not
