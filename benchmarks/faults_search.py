@@ -19,8 +19,11 @@ Faults:
 - a trial's worker process SIGKILLed half way through the trial: Tune records the trial as
   errored, and `--resume` continues it (a dead worker is not the trial's failure);
 - a full disk while checkpointing: the storage folder is a small tmpfs (mounted here, which needs
-  root; the row says so when it cannot be mounted), filled up while a trial is half way; the
-  space is freed and `--resume` continues.
+  root; the row says so when it cannot be mounted), filled while a trial is half way until
+  FILL_LEAVES_MB are free, less than a checkpoint needs; the trials stop with "no space left"
+  (a copy under way may really run out), the space is freed, and `--resume` continues. A disk
+  filled to the last byte is not recoverable this way: Ray's syncer then leaves a torn
+  experiment state on the storage, which Tune cannot restore (see the README).
 
     python benchmarks/faults_search.py [--work DIR] [--only SUBSTRING ...] [--seed N]
 """
@@ -55,7 +58,8 @@ HANG_SECONDS = 1200
 minutes on 2 busy cores)."""
 KILLS = 5
 EXPERIMENT = Path("ray") / "mri_tune_smoke"
-DISK_MB = 200  # the tmpfs of the full-disk fault: room for the first trials' checkpoints
+DISK_MB = 400  # the tmpfs of the full-disk fault: room for the first trials' checkpoints
+FILL_LEAVES_MB = 20  # free space left by the filler: Tune's state fits, a checkpoint does not
 
 
 @dataclass(frozen=True)
@@ -307,14 +311,13 @@ def full_disk_while_checkpointing(ctx: SearchContext) -> SearchFaultRow:
 
 
 def _fill(path: Path) -> None:
+    """Write zeros into `path` until FILL_LEAVES_MB are free on its disk."""
     chunk = b"\0" * (1 << 20)
     with path.open("wb") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:  # ENOSPC: the disk is full, which is the point
-            pass
+        while shutil.disk_usage(path.parent).free > FILL_LEAVES_MB * 2**20:
+            f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 SEARCH_FAULTS = [driver_sigkill_at_random_moments, trial_worker_sigkill,
@@ -349,8 +352,12 @@ def main() -> int:
         for fault in SEARCH_FAULTS:
             if args.only and not any(s in fault.__name__ for s in args.only):
                 continue
-            rows.append(fault(ctx))
-            print(f"done: {rows[-1].fault}", file=sys.stderr, flush=True)
+            try:
+                rows.append(fault(ctx))
+            except Exception as err:  # noqa: BLE001 - the table must still come out
+                rows.append(SearchFaultRow(fault.__name__, f"benchmark failed: {err!r}"[:300],
+                                           False, -1, -1, -1, False))
+            print(f"done: {rows[-1]}", file=sys.stderr, flush=True)
         print(format_table(rows))
         (work / "faults_search.json").write_text(json.dumps([r.__dict__ for r in rows],
                                                             indent=1))

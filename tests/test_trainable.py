@@ -153,6 +153,20 @@ def test_resume_after_a_driver_killed_before_it_saved_its_state(
     assert epochs == [1, 2, 3]
 
 
+def test_a_checkpoint_that_would_fill_the_disk_is_refused_as_an_infrastructure_error(
+        tmp_path: Path) -> None:
+    from ray.exceptions import RayTaskError
+
+    from mri_tune.experiment.resume import is_infrastructure
+
+    free = shutil.disk_usage(tmp_path).free
+    trainable_module.check_free_space(tmp_path, 1024)  # plenty of room
+    with pytest.raises(OSError, match="No space left on device") as error:
+        trainable_module.check_free_space(tmp_path, free)
+    assert "--resume" in str(error.value)
+    assert is_infrastructure(RayTaskError("train", "...", error.value))
+
+
 def test_a_restore_from_a_deleted_checkpoint_starts_the_trial_without_one(tmp_path) -> None:
     from ray.train._internal.session import _TrainingResult
 

@@ -31,6 +31,7 @@ once with a last result {"failure": "invalid_spec" | "oom" | "diverged", "failur
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import json
 import logging
@@ -62,6 +63,7 @@ logger = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
 RESULT_FILE = "result.json"  # Tune's rows of a trial, one JSON object a line
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000003
+STORAGE_RESERVE_BYTES = 32 * 2**20  # room left for Tune's state, rows and error files
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ def _train_and_report(spec: CNNSpec, config: TrainConfig, settings: TrialSetting
     store = SliceStore(settings.store)
     folder = trial_folder(settings)
     resume = _resume_point(folder, device)
-    reporter = _Reporter(store.preprocessing, folder if settings.tensorboard else None)
+    reporter = _Reporter(store.preprocessing, folder if settings.tensorboard else None,
+                         folder if settings.experiment_dir is not None else None)
     try:
         if resume is not None:
             logger.info("resuming at epoch %d of %d from %s", resume.payload["epoch"],
@@ -266,9 +269,11 @@ class _Reporter:
     best one by validation loss (for the ensemble) and the latest (for a resume).
     """
 
-    def __init__(self, preprocessing: dict[str, Any], folder: Path | None) -> None:
+    def __init__(self, preprocessing: dict[str, Any], folder: Path | None,
+                 storage: Path | None) -> None:
         self.preprocessing = preprocessing
         self.folder = folder  # the trial folder; None: no TensorBoard curves
+        self.storage = storage  # the trial folder when this worker sees it: its free space
         self.writer: SummaryWriter | None = None
 
     def __call__(self, metrics: EpochMetrics, trainer: Trainer) -> None:
@@ -277,7 +282,9 @@ class _Reporter:
         result = {**metrics.to_dict(),
                   "num_parameters": sum(p.numel() for p in trainer.model.parameters())}
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(Path(folder), trainer, self.preprocessing)
+            path = save_checkpoint(Path(folder), trainer, self.preprocessing)
+            if self.storage is not None:
+                check_free_space(self.storage, path.stat().st_size)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
     def _writer(self, epoch: int) -> SummaryWriter:
@@ -291,6 +298,23 @@ class _Reporter:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def check_free_space(folder: Path, checkpoint_bytes: int) -> None:
+    """Refuse to checkpoint onto a disk that cannot take it and still leave Tune room.
+
+    Tune copies the checkpoint into the trial folder, then writes the experiment state, result
+    rows and error files beside it; a disk that fills during those writes leaves torn files that
+    Tune cannot restore from. Raises OSError(ENOSPC): the trial ends as an error of the
+    infrastructure, and `--resume` continues it from its last checkpoint once space is freed.
+    """
+    need = checkpoint_bytes + max(2 * checkpoint_bytes, STORAGE_RESERVE_BYTES)
+    free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device for the checkpoint of this trial: "
+                      f"{free / 2**20:.0f} MiB free at {folder}, a checkpoint and Tune's state "
+                      f"need {need / 2**20:.0f} MiB. Free space, then run the search again "
+                      "with --resume: the trial continues from its last checkpoint")
 
 
 def _write_scalars(writer: Any, metrics: EpochMetrics) -> None:
