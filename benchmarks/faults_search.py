@@ -23,7 +23,7 @@ Faults:
   FILL_LEAVES_MB are free, less than a checkpoint needs; the trials stop with "no space left"
   (a copy under way may really run out), the space is freed, and `--resume` continues. A disk
   filled to the last byte is not recoverable this way: Ray's syncer then leaves a torn
-  experiment state on the storage, which Tune cannot restore (see the README).
+  experiment state on the storage, which Tune cannot restore.
 
     python benchmarks/faults_search.py [--work DIR] [--only SUBSTRING ...] [--seed N]
 """
