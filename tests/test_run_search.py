@@ -174,25 +174,29 @@ def _lose_the_last_snapshot(experiment: Path) -> str | None:
     from ray.tune import ExperimentAnalysis
 
     states = _trial_states(experiment)
+    candidates = []
     for trial in ExperimentAnalysis(str(experiment)).trials:
         folder = Path(trial.path)
         state = states.get(folder.name)
         if state is None or trial.checkpoint is None or not 0 < len(state.epochs) < state.target:
             continue
         named = Path(trial.checkpoint.path)  # the latest checkpoint the state names
-        index = int(named.name.split("_")[-1])
-        newer = folder / f"checkpoint_{index + 1:06d}"
         if not named.is_dir():
             return folder.name  # the kill itself fell in that window
-        if newer.exists():
-            continue
+        newer = folder / f"checkpoint_{int(named.name.split('_')[-1]) + 1:06d}"
         epoch = int(torch.load(named / "checkpoint.pt", weights_only=True)["epoch"])
-        named.rename(newer)  # registered, and the named one deleted ...
+        if not newer.exists():
+            candidates.append((epoch >= 2, folder, named, newer, epoch))
+    if not candidates:
+        return None
+    # Prefer a trial past its first epoch: its last row can go too and stay half way.
+    _, folder, named, newer, epoch = max(candidates, key=lambda c: c[0])
+    named.rename(newer)  # registered, and the named one deleted ...
+    if epoch >= 2:  # ... and its epoch never recorded
         rows = (folder / "result.json").read_text().splitlines()
-        kept = [r for r in rows if json.loads(r)["epoch"] < epoch]  # ... and never recorded
+        kept = [r for r in rows if json.loads(r)["epoch"] < epoch]
         (folder / "result.json").write_text("".join(r + "\n" for r in kept))
-        return folder.name
-    return None
+    return folder.name
 
 
 _CACHE: dict[str, TrainedSearch] = {}
