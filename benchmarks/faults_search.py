@@ -58,7 +58,7 @@ HANG_SECONDS = 1200
 minutes on 2 busy cores)."""
 KILLS = 5
 EXPERIMENT = Path("ray") / "mri_tune_smoke"
-DISK_MB = 400  # the tmpfs of the full-disk fault: room for the first trials' checkpoints
+DISK_MB = 800  # the tmpfs of the full-disk fault: room for the search (2 checkpoints a trial)
 FILL_LEAVES_MB = 20  # free space left by the filler: Tune's state fits, a checkpoint does not
 
 
