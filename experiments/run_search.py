@@ -67,8 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search.add_argument("--resume", action="store_true",
                         help="restore the experiment --storage/--name after a crash")
     search.add_argument("--on-error", choices=["retry", "report"], default="report",
-                        help="on --resume, retry errored trials from their last checkpoint, "
-                             "or keep them as errors in the results")
+                        help="on --resume, retry trials whose own code raised from their "
+                             "last checkpoint, or keep them as errors in the results (trials "
+                             "stopped by a dead worker or a full disk always continue)")
     search.add_argument("--verbose", action="store_true",
                         help="Ray's own trial tables and worker logs instead of one line a trial")
     search.add_argument("--max-failures", type=int, default=0,

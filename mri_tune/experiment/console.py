@@ -61,6 +61,12 @@ class SearchProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
+        # A resumed trial may end without a new result in this run (the driver died after its
+        # last epoch): Tune's own summary of all its results still has the minimum.
+        recorded = (getattr(trial, "metric_analysis", None) or {}).get(self.metric, {})
+        value = recorded.get("min") if isinstance(recorded, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.best[trial.trial_id] = min(value, self.best.get(trial.trial_id, math.inf))
         if result.get("failure"):
             outcome = f"failed {result['failure']}: {_first_line(result.get('failure_message'))}"
         else:

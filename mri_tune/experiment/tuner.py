@@ -22,6 +22,7 @@ from mri_tune.errors import InputError
 from mri_tune.experiment.console import SearchProgress, show_once
 from mri_tune.experiment.record import check_same_search, write_search_record
 from mri_tune.experiment.resources import concurrent_slots, trial_resources
+from mri_tune.experiment.resume import reopen_infrastructure_errors
 from mri_tune.experiment.settings import ExperimentSettings
 from mri_tune.experiment.space import IMAGES_PER_EPOCH, STORE_SIZE, baseline_config, param_space
 from mri_tune.experiment.trainable import TrialSettings, make_trainable
@@ -127,12 +128,18 @@ def build_tuner(settings: ExperimentSettings, cluster_cpus: float,
 def restore_tuner(settings: ExperimentSettings, write: Callable[[str], None]) -> tune.Tuner:
     """Tuner.restore of the experiment after a crash of the driver.
 
-    Finished trials are kept, unfinished ones continue from their last checkpoint, errored ones
-    are resumed from their last checkpoint (--on-error retry) or left as errors (report). The
-    searcher comes back from its own saved state, so no configuration is proposed twice and the
-    experiment still stops at num_samples trials.
+    Finished trials are kept; unfinished ones continue from their newest complete checkpoint
+    (trainable.py); so do errored trials whose worker, actor or node died (resume.py): that is
+    the infrastructure's failure, not theirs. Trials whose own code raised are resumed from their
+    last checkpoint with --on-error retry, and left as errors with report. The searcher comes
+    back from its own saved state, so no configuration is proposed twice and the experiment
+    still stops at num_samples trials.
     """
     write(f"resuming {settings.experiment_dir}")
+    folder = settings.local_experiment_dir
+    if folder is not None:
+        for trial in reopen_infrastructure_errors(folder):
+            write(f"continuing {trial}: its worker died, the trial did not fail")
     return tune.Tuner.restore(settings.experiment_dir, trainable=_trainable(settings),
                               resume_unfinished=True,
                               resume_errored=settings.on_error == "retry")
@@ -141,7 +148,8 @@ def restore_tuner(settings: ExperimentSettings, write: Callable[[str], None]) ->
 def _trainable(settings: ExperimentSettings):
     """The trial function, bound to the store and the scale's images per epoch, with resources."""
     trial = TrialSettings(store=Path(settings.store),
-                          images_per_epoch=IMAGES_PER_EPOCH[settings.scale], seed=settings.seed)
+                          images_per_epoch=IMAGES_PER_EPOCH[settings.scale], seed=settings.seed,
+                          experiment_dir=settings.local_experiment_dir)
     image_size = SliceStore(settings.store).image_size
     resources = trial_resources(settings.cpus_per_trial, settings.gpus_per_trial,
                                 settings.uses_gpus, image_size)
