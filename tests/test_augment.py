@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from mri_tune.errors import SpecError
-from mri_tune.training.augment import AugmentConfig, augment, random_affine
+from mri_tune.training.augment import (
+    FAMILIES,
+    POLICIES,
+    AugmentConfig,
+    augment,
+    bias_field,
+    gaussian_blur,
+    intensity_remap,
+    policy,
+    random_affine,
+)
 
 IDENTITY = AugmentConfig(max_rotation_deg=0.0, max_shear_deg=0.0, max_translation=0.0,
                          zoom_range=(1.0, 1.0), max_noise_std=0.0)
@@ -88,5 +98,121 @@ def test_translation_moves_a_bright_square() -> None:
     dict(max_noise_std=2.0), dict(zoom_range=(0.0, 1.0)),
 ])
 def test_invalid_ranges_raise(values: dict) -> None:
+    with pytest.raises(SpecError):
+        AugmentConfig(**values)
+
+
+# ---- scanner-shift families and named policies -------------------------------------------------
+
+OFF = dict(max_rotation_deg=0.0, max_shear_deg=0.0, max_translation=0.0, zoom_range=(1.0, 1.0),
+           max_noise_std=0.0)
+"""The paper's families switched off: a test turns on only the family it checks."""
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_policy_keeps_shape_dtype_range_and_device(name: str) -> None:
+    images = _batch(size=16)
+    out = augment(images, policy(name), torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.device == images.device
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert torch.isfinite(out).all()
+
+
+def test_scanner_policy_is_seeded() -> None:
+    images = _batch(size=16)
+    first = augment(images, policy("scanner"), torch.Generator().manual_seed(5))
+    again = augment(images, policy("scanner"), torch.Generator().manual_seed(5))
+    other = augment(images, policy("scanner"), torch.Generator().manual_seed(6))
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_policies_name_the_paper_and_add_one_family_each() -> None:
+    assert policy("paper") == AugmentConfig()
+    for family, fields in FAMILIES.items():
+        config = policy(family)
+        for name, value in fields.items():
+            assert getattr(config, name) == value
+        assert config.max_rotation_deg == AugmentConfig().max_rotation_deg
+    with pytest.raises(SpecError, match="Unknown augmentation policy"):
+        policy("scaner")
+
+
+def test_ranges_from_json_lists_become_tuples() -> None:
+    config = AugmentConfig(zoom_range=[0.9, 1.1], fov_crop_range=[1.0, 1.5],
+                           gamma_range=[0.7, 1.4])
+    assert config == AugmentConfig(zoom_range=(0.9, 1.1), fov_crop_range=(1.0, 1.5),
+                                   gamma_range=(0.7, 1.4))
+    hash(config)
+
+
+def test_flip_with_probability_one_mirrors_left_right() -> None:
+    images = _batch()
+    out = augment(images, AugmentConfig(**OFF, flip_probability=1.0),
+                  torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, images.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_aspect_keeps_area_and_bounds_the_axis_ratio() -> None:
+    config = AugmentConfig(**OFF, max_aspect=1.5)
+    linear = random_affine(256, config, torch.Generator().manual_seed(0))[:, :, :2]
+    torch.testing.assert_close(torch.linalg.det(linear), torch.ones(256))
+    ratio = linear[:, 0, 0] / linear[:, 1, 1]
+    assert ratio.min() >= 1 / 1.5 - 1e-5 and ratio.max() <= 1.5 + 1e-5
+    assert ratio.max() / ratio.min() > 1.5  # both directions are drawn
+
+
+def test_fov_crop_window_stays_inside_the_image() -> None:
+    config = AugmentConfig(**OFF, fov_crop_range=(1.25, 2.0))
+    theta = random_affine(512, config, torch.Generator().manual_seed(0))
+    scale = theta[:, 0, 0]  # 1 / crop
+    assert scale.min() >= 0.5 - 1e-6 and scale.max() <= 0.8 + 1e-6
+    # the sampled window [t - 1/crop, t + 1/crop] lies within [-1, 1] on both axes
+    assert (theta[:, :, 2].abs() + scale[:, None] <= 1.0 + 1e-5).all()
+
+
+def test_gamma_alone_raises_intensities_to_the_drawn_power() -> None:
+    images = _batch()
+    out = augment(images, AugmentConfig(**OFF, gamma_range=(2.0, 2.0)),
+                  torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, images**2, atol=1e-5, rtol=0)
+
+
+def test_bias_field_is_smooth_and_keeps_the_mean_of_a_flat_image() -> None:
+    flat = torch.full((8, 1, 32, 32), 0.5)
+    out = bias_field(flat, 0.3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.mean(dim=(-2, -1)), torch.full((8, 1), 0.5))
+    assert out.std() > 0.01
+    # smooth: neighbouring pixels differ far less than the field varies across the image
+    step = (out[..., 1:] - out[..., :-1]).abs().max()
+    assert step < 0.2 * (out.amax(dim=(-2, -1)) - out.amin(dim=(-2, -1))).max()
+
+
+def test_remap_keeps_the_background_dark_and_changes_the_contrast() -> None:
+    images = _batch()
+    images[..., :4, :] = 0.0
+    out = intensity_remap(images, 1.0, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    assert out[..., :4, :].abs().max() == 0.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert (out - images).abs().mean() > 0.05
+
+
+def test_blur_spreads_a_point_keeps_its_mass_and_leaves_flat_images_alone() -> None:
+    point = torch.zeros(4, 1, 33, 33)
+    point[..., 16, 16] = 1.0
+    out = gaussian_blur(point, 0.05, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.sum(dim=(-2, -1)), torch.ones(4, 1))
+    assert out[..., 16, 16].max() < 1.0
+    flat = torch.full((4, 1, 33, 33), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 0.05, torch.Generator().manual_seed(0)), flat)
+
+
+@pytest.mark.parametrize("values", [
+    dict(max_aspect=0.5), dict(fov_crop_range=(0.8, 1.2)), dict(flip_probability=1.5),
+    dict(gamma_range=(0.0, 1.0)), dict(max_blur_sigma=0.5), dict(max_remap=2.0),
+])
+def test_invalid_scanner_ranges_raise(values: dict) -> None:
     with pytest.raises(SpecError):
         AugmentConfig(**values)

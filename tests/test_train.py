@@ -23,6 +23,7 @@ from mri_tune.training.trainer import (
     EpochMetrics,
     Slices,
     Trainer,
+    balanced_weights,
     build_model,
     class_weights,
     weighted_cross_entropy,
@@ -87,6 +88,36 @@ def test_weighted_loss_matches_a_hand_computation() -> None:
 def uninterrupted() -> Trainer:
     """One run of CONFIG shared by the tests that compare against it (CPU time is scarce)."""
     return train_tiny()
+
+
+def test_balanced_validation_loss_is_the_mean_of_per_class_losses() -> None:
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0],
+                           [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1])  # 3 head slices, 2 abdomen, no pelvis or spine
+    per_slice = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (per_slice[:3].mean() + per_slice[3:].mean()) / 2
+    weights = balanced_weights(labels, 4)
+    torch.testing.assert_close(weighted_cross_entropy(logits, labels, weights), expected)
+
+
+def test_trainer_reports_the_chosen_validation_loss() -> None:
+    model = build_model(TINY, len(CLASSES), (32, 32), "cpu", 0)
+    config = dataclasses.replace(CONFIG, epochs=1)
+    trainer = Trainer(model, TRAIN, VALIDATION, config, CLASSES)
+    trainer.run()
+    probs = torch.from_numpy(predict_proba(trainer.model, VALIDATION.images))
+    per_slice = -torch.log(probs[torch.arange(len(VALIDATION.labels)), VALIDATION.labels])
+    present = torch.unique(VALIDATION.labels)
+    balanced = torch.stack([per_slice[VALIDATION.labels == c].mean() for c in present]).mean()
+    assert config.validation_loss == "balanced"
+    assert trainer.history[-1].val_loss == pytest.approx(float(balanced), rel=1e-4)
+    weighted = Trainer(model, TRAIN, VALIDATION,
+                       dataclasses.replace(config, validation_loss="weighted"), CLASSES)
+    w = class_weights(TRAIN.labels, 4)[VALIDATION.labels]
+    assert torch.equal(weighted.val_weights, weighted.weights)
+    assert float((w * per_slice).sum() / w.sum()) != pytest.approx(float(balanced), rel=1e-3)
+    with pytest.raises(SpecError, match="validation_loss"):
+        dataclasses.replace(config, validation_loss="mean")
 
 
 def test_training_learns_and_is_deterministic_for_a_seed() -> None:

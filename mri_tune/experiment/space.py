@@ -38,13 +38,16 @@ def scale_space(scale: str) -> dict[str, list]:
     if scale == "paper":
         return {name: list(values) for name, values in paper.TABLE1.items()}
     if scale == "demo":
-        # At least 3 poolings keep the first dense layer small; 1-2 convolutions of <= 16
-        # filters and a 32x32 store keep a trial to seconds on one CPU core. Measured on the
-        # sample data: learning rates >= 0.1 diverge, <= 1e-4 (and batches of 8) learn too
-        # little within a few thousand images.
-        return {"num_blocks": [3, 4, 5], "convs_per_block": [1, 2], "filters": [4, 8, 16],
-                "kernel_size": [3, 5], "learning_rate": [1e-3, 1e-2],
-                "batch_size": [16, 32], "epochs": [4, 6], "augmentation": [True, False]}
+        # Measured on the sample data (benchmarks/RESULTS_generalization.md): 3 poolings of one
+        # convolution each learn within 6-8 epochs of 2,048 images at lr 0.01, while 4-5
+        # poolings (the paper's baseline) are still near chance loss after 8, and so were 4 of 7
+        # trials with 2 convolutions per block; lr >= 0.1 diverges and <= 1e-3 learns too
+        # little in a few thousand images. Augmentation is always on (the "scanner" policy
+        # generalised better across sites than the paper's; a search that minimises an
+        # in-distribution validation loss would not see that).
+        return {"num_blocks": [3], "convs_per_block": [1], "filters": [4, 8, 16],
+                "kernel_size": [3, 5], "learning_rate": [1e-2],
+                "batch_size": [16, 32], "epochs": [6, 8], "augmentation": [True]}
     if scale == "smoke":
         # 8 configurations that learn the sample data within seconds (measured on the
         # seed-0 split; augmentation slows learning too much for so few epochs).

@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from mri_tune.errors import InputError, SpecError
-from mri_tune.training.augment import AugmentConfig
+from mri_tune.training.augment import DEFAULT_POLICY, AugmentConfig, policy
 from mri_tune.training.model import CNNSpec, int_from
 from mri_tune_core import paper
+
+VALIDATION_LOSSES = ("balanced", "weighted")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,12 @@ class TrainConfig:
     seed: int = 0
     momentum: float = paper.MOMENTUM
     lr_decay: float = paper.LR_DECAY
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig = policy(DEFAULT_POLICY)
+    """Ranges of the augmentation when `augmentation` is on; `policy("paper")` is the paper's."""
+    validation_loss: str = "balanced"
+    """The validation loss (the search's metric): "balanced", the mean over regions of each
+    region's mean cross-entropy, so that every region counts alike however few validation slices
+    it has; or "weighted", the paper's, with the training split's class-frequency weights."""
     eval_batch_size: int = 256
     divergence_check_every: int = 32
     """Iterations between checks of a finite loss (each check waits for the GPU)."""
@@ -58,6 +65,9 @@ class TrainConfig:
         if not isinstance(self.augmentation, bool):
             raise SpecError(f"TrainConfig.augmentation must be a bool. Got "
                             f"{self.augmentation!r}; pass True or False.")
+        if self.validation_loss not in VALIDATION_LOSSES:
+            raise SpecError(f"TrainConfig.validation_loss must be one of {VALIDATION_LOSSES}. "
+                            f"Got {self.validation_loss!r}.")
         if not (0.0 <= self.momentum < 1.0 and self.lr_decay >= 0.0):
             raise SpecError("TrainConfig needs 0 <= momentum < 1 and lr_decay >= 0. Got "
                             f"momentum={self.momentum!r}, lr_decay={self.lr_decay!r}.")
@@ -120,25 +130,29 @@ def _as_bool(value: Any) -> bool:
 
 
 def baseline_specs(**train_overrides: Any) -> tuple[CNNSpec, TrainConfig]:
-    """The paper's baseline network and training settings (`mri_tune_core.paper.BASELINE`)."""
-    return specs_from_config(paper.BASELINE, **train_overrides)
+    """The paper's baseline network and training settings (`mri_tune_core.paper.BASELINE`),
+    with the paper's augmentation and class-weighted validation loss unless overridden."""
+    paper_recipe = {"augment": policy("paper"), "validation_loss": "weighted"}
+    return specs_from_config(paper.BASELINE, **{**paper_recipe, **train_overrides})
 
 
 def read_config(source: str | Path) -> tuple[CNNSpec, TrainConfig]:
-    """"baseline" -> the paper's specs; a JSON file -> Table 1 keys over the baseline's values."""
+    """"baseline" -> the paper's recipe (`baseline_specs`); a JSON file -> Table 1 keys over the
+    baseline's values, trained with this package's defaults (augmentation policy, loss)."""
+    if str(source) == "baseline":
+        return baseline_specs()
     values = dict(paper.BASELINE)
-    if str(source) != "baseline":
-        path = Path(source)
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise InputError(f"--config must be 'baseline' or a readable JSON file. Could not "
-                             f"read {path}: {err}.") from err
-        unknown = sorted(set(loaded) - set(paper.TABLE1_KEYS)) if isinstance(loaded, dict) else None
-        if unknown is None or unknown:
-            raise InputError(f"{path} must hold a JSON object with keys among "
-                             f"{list(paper.TABLE1_KEYS)}. Got {loaded!r} (unknown keys: "
-                             f"{unknown}); "
-                             "fix the names or drop those keys.")
-        values.update(loaded)
+    path = Path(source)
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"--config must be 'baseline' or a readable JSON file. Could not "
+                         f"read {path}: {err}.") from err
+    unknown = sorted(set(loaded) - set(paper.TABLE1_KEYS)) if isinstance(loaded, dict) else None
+    if unknown is None or unknown:
+        raise InputError(f"{path} must hold a JSON object with keys among "
+                         f"{list(paper.TABLE1_KEYS)}. Got {loaded!r} (unknown keys: "
+                         f"{unknown}); "
+                         "fix the names or drop those keys.")
+    values.update(loaded)
     return specs_from_config(values)

@@ -1,5 +1,6 @@
 """One training run on a slice store: the entry point of `mri-tune train`, the Ray trainable and
-the benchmarks (none of them builds a `Trainer` itself).
+the benchmarks (none of them builds a `Trainer` itself). `train_on_slices` is the same run on
+slices already in memory (the folds of `mri_tune.results.generalization`).
 
 `train_from_store` checks the spec against the store, loads the training and validation splits
 once onto the device, builds the model from the seed, continues a checkpoint when given one, and
@@ -9,7 +10,7 @@ spec, out of memory, a non-finite loss) come out as `TrainingFailure`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from mri_tune.training.config import TrainConfig
 from mri_tune.training.device import resolve_device
 from mri_tune.training.failures import failure_policy
 from mri_tune.training.model import CNNSpec
-from mri_tune.training.trainer import EpochCallback, EpochMetrics, Trainer, build_model
+from mri_tune.training.trainer import (
+    EpochCallback,
+    EpochMetrics,
+    LabelledSlices,
+    Trainer,
+    build_model,
+)
 
 
 def train_from_store(store: Path | SliceStore, spec: CNNSpec, config: TrainConfig, *,
@@ -43,9 +50,22 @@ def train_from_store(store: Path | SliceStore, spec: CNNSpec, config: TrainConfi
                     f"{slices.path} has no {split} slices (slices per split: {sizes}); "
                     "training needs both. Re-ingest it with a --split that gives every split "
                     "subjects, e.g. --split 0.5,0.25,0.25.")
-        model = build_model(spec, len(slices.classes), slices.image_size, dev, config.seed)
-        trainer = Trainer(model, slices.load_split("train", dev),
-                          slices.load_split("validation", dev), config, slices.classes, dev)
+        train = slices.load_split("train", dev)
+        return train_on_slices(train, slices.load_split("validation", dev), slices.classes,
+                               spec, config, device=dev, on_epoch=on_epoch, resume=resume)
+
+
+def train_on_slices(train: LabelledSlices, validation: LabelledSlices, classes: Sequence[str],
+                    spec: CNNSpec, config: TrainConfig, *,
+                    device: str | torch.device | None = None,
+                    on_epoch: EpochCallback | None = None,
+                    resume: Mapping[str, Any] | None = None) -> Trainer:
+    """`train_from_store` on labelled slices in memory: (N, H, W) uint8 images, (N,) labels."""
+    dev = resolve_device(device)
+    image_size = tuple(int(side) for side in train.images.shape[1:])
+    with failure_policy():
+        model = build_model(spec, len(classes), image_size, dev, config.seed)
+        trainer = Trainer(model, train, validation, config, classes, dev)
         if resume is not None:
             trainer.load_state_dict(resume)
         trainer.run(on_epoch)

@@ -9,6 +9,9 @@ Symbols (N training slices, C classes, B = batch_size, t = iteration counted fro
     n_c     number of training slices of class c
     w_c     = N / (C * max(n_c, 1)), the class-frequency weight (rare classes count more)
     loss    = sum_i w_{y_i} CE(logits_i, y_i) / sum_i w_{y_i}     (a batch, or the validation set)
+    v_c     = 1 / max(m_c, 1) for m_c validation slices of class c: with these weights the
+              validation loss is the mean over present classes of each class's mean CE
+              (validation_loss="balanced"); "weighted" uses w_c, the paper's
     lr_t    = learning_rate / (1 + lr_decay * t)                  (Keras' "decay", per iteration)
 SGD uses Nesterov momentum (`mri_tune_core.paper.MOMENTUM`, `NESTEROV`).
 """
@@ -63,6 +66,13 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         logger.warning("classes %s have no training slices; their weight is capped",
                        (counts == 0).nonzero().flatten().tolist())
     return (labels.numel() / (num_classes * counts.clamp(min=1))).float()
+
+
+def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C,) weights v_c = 1 / max(m_c, 1): a weighted CE with them is the mean over the classes
+    present in `labels` (N,) of each class's mean cross-entropy."""
+    counts = torch.bincount(labels.to(torch.int64), minlength=num_classes).float()
+    return 1.0 / counts.clamp(min=1.0)
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
@@ -145,6 +155,8 @@ class Trainer:
         self.train_images, self.train_labels = _on_device(train, dev)  # (N, H, W), (N,)
         self.val_images, self.val_labels = _on_device(validation, dev)
         self.weights = class_weights(self.train_labels, len(self.class_names)).to(dev)  # (C,)
+        self.val_weights = (balanced_weights(self.val_labels, len(self.class_names))
+                            if config.validation_loss == "balanced" else self.weights)  # (C,)
         self.images_per_epoch = config.images_for(len(self.train_labels))
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate,
                                          momentum=config.momentum, nesterov=paper.NESTEROV)
@@ -172,7 +184,7 @@ class Trainer:
             start = time.perf_counter()
             train_loss, train_error, images_per_s = self._train_epoch()
             val_loss, val_error, per_class = validation_metrics(
-                self.model, Slices(self.val_images, self.val_labels), self.weights,
+                self.model, Slices(self.val_images, self.val_labels), self.val_weights,
                 self.class_names, self.policy, self.config.eval_batch_size)
             self.epoch += 1
             metrics = EpochMetrics(self.epoch, train_loss, train_error, val_loss, val_error,

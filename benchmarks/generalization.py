@@ -1,0 +1,218 @@
+"""Generalisation to unseen scanners, sequences and people: leave-one-site-out and k-fold.
+
+The sample volumes (`../shared/data/mri`, 68 volumes of 33 people from public repositories and
+packages) are ingested once into a store (all three planes, `--size`); its splits are pooled, and
+for each fold a recipe is trained on the other volumes with the one training loop and scored on
+the held-out volumes (`mri_tune.results.generalization`). Protocols:
+
+  loso   leave one site out. A site groups the manifest's `source` values that come from one
+         origin (one repository or package, one scanner family or one study): `SITES` below.
+         Sites that share a subject are merged, so no person is on both sides. 10 folds.
+  kfold  subject-grouped k-fold (`--folds`, default 4), subjects dealt region by region.
+
+Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
+  shipped   the recipe mri-tune ships: 3 blocks x 1 conv x 16 filters (3x3), lr 0.01, batch 32,
+            the "scanner" augmentation policy (`mri_tune.training.augment.POLICIES`)
+  paper     the paper's recipe (`baseline_specs`): its baseline network (5 x 1 x 64, 3x3), lr
+            0.001, batch 8, the paper's augmentation, class-weighted cross-entropy
+  aug:P     the shipped network with the named augmentation policy P (`--recipes aug:paper,
+            aug:fov`): each family's effect on the same folds and seeds; `aug:none` trains
+            without augmentation
+
+Budget (2 CPU cores, shared): 32x32 slices, 8 epochs of 2,048 images, seeds 0-2. The table is
+per recipe: volume and slice accuracy (mean over seeds +- sd), per region, and the fraction of
+slices whose largest probability passes the paper's 0.7.
+
+    python benchmarks/generalization.py                          # loso, shipped vs paper
+    python benchmarks/generalization.py --protocol kfold --json kfold.json
+    python benchmarks/generalization.py --recipes aug:paper,aug:fov,aug:bias --seeds 0
+                                                                 # each family's effect
+    python benchmarks/generalization.py --device cuda --size 128 --images-per-epoch 80000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mri_tune.data.samples import ensure_store
+from mri_tune.data.store import SliceStore
+from mri_tune.results.generalization import (
+    Fold,
+    Recipe,
+    RecipeResult,
+    cross_validate,
+    group_volumes,
+    leave_one_group_out,
+    pool_store,
+    subject_kfold,
+)
+from mri_tune.training.augment import POLICIES, policy
+from mri_tune.training.config import TrainConfig, baseline_specs
+from mri_tune.training.device import resolve_device
+from mri_tune.training.model import CNNSpec
+
+SITES: tuple[tuple[str, str], ...] = (
+    ("mricron-data", "head-templates"),  # Colin27: 27 scans of one person averaged
+    ("nilearn", "head-templates"),  # MNI152: an average of 152 brains
+    ("niivue-images", "niivue-heads"),
+    ("dipy", "package-testdata"),  # small test volumes of Python packages, several scanners
+    ("nibabel", "package-testdata"),
+    ("pyradiomics", "package-testdata"),
+    ("pydicom-data", "package-testdata"),
+    ("ProstateX", "prostatex"),  # TCIA ProstateX, Siemens 3T: 2 people, many sequences
+    ("dcmqi", "qin-prostate"),  # TCIA QIN-PROSTATE
+    ("fastcleverseg", "chu2015-lumbar"),  # Chu et al. 2015: sagittal lumbar exams, 6 people
+    ("ukat", "ukat-kidney"),  # UKRIN kidney mapping, GE / Philips / Siemens
+    ("Pyneapple", "abdomen-testdata"),
+    ("TotalSegmentator", "abdomen-testdata"),
+    ("renalsegmentor", "abdomen-testdata"),
+    ("sct_example_data", "sct-errsm30"),  # spinal cord toolbox; one person in both
+    ("sct_testing_data", "sct-errsm30"),
+    ("ivadomed", "sct-tutorial"),  # spine-generic unf01 is in both
+    ("sct_tutorial_data", "sct-tutorial"),
+)
+"""Substring of the manifest's `source` -> site. A source that matches none is its own site."""
+
+SHIPPED_SPEC = CNNSpec(num_blocks=3, convs_per_block=1, filters=16, kernel_size=3)
+SHIPPED_POLICY = "scanner"
+
+
+def site_of(row: Mapping[str, Any]) -> str:
+    """The site of a store volume-table row, from its manifest `source` column."""
+    source = str(row["metadata"].get("source", row["path"]))
+    return next((site for key, site in SITES if key in source), source)
+
+
+def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
+    budget = {"epochs": epochs, "images_per_epoch": images}
+    out = []
+    for name in names:
+        if name == "paper":
+            spec, train = baseline_specs(images_per_epoch=images)
+            out.append(Recipe(name, spec, dataclasses.replace(train, epochs=epochs)))
+            continue
+        chosen = SHIPPED_POLICY if name == "shipped" else name.removeprefix("aug:")
+        augmentation = chosen != "none"
+        augment = policy(chosen if augmentation else "paper")
+        out.append(Recipe(name, SHIPPED_SPEC, TrainConfig(
+            learning_rate=0.01, batch_size=32, augmentation=augmentation, augment=augment,
+            **budget)))
+    return out
+
+
+def folds_for(protocol: str, volumes: list[dict[str, Any]], k: int, seed: int) -> list[Fold]:
+    if protocol == "loso":
+        return leave_one_group_out(group_volumes(volumes, site_of))
+    return subject_kfold(volumes, k, np.random.default_rng(seed))
+
+
+def format_table(results: list[RecipeResult], classes: tuple[str, ...]) -> str:
+    columns = (["volume_accuracy"] + [f"volume_accuracy_{c}" for c in classes]
+               + ["slice_accuracy"] + [f"slice_accuracy_{c}" for c in classes] + ["decided"])
+    heads = (["volume"] + [f"vol {c}" for c in classes] + ["slice"]
+             + [f"sl {c}" for c in classes] + ["p>0.7"])
+    lines = ["| protocol | recipe | seeds | " + " | ".join(heads) + " |",
+             "|---|---|---|" + "---|" * len(heads)]
+    for result in results:
+        spread = result.spread()
+        cells = [f"{spread[c][0]:.3f} +- {spread[c][1]:.3f}" for c in columns]
+        lines.append(f"| {result.protocol} | {result.recipe} | {len(result.seeds)} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_json(result: RecipeResult, recipe: Recipe) -> dict[str, Any]:
+    return {"recipe": result.recipe, "protocol": result.protocol,
+            "spec": recipe.spec.to_dict(), "train": recipe.train.to_dict(),
+            "spread": {k: dict(zip(("mean", "sd", "min", "max"), v, strict=True))
+                       for k, v in result.spread().items()},
+            "seeds": [{"seed": s.seed, **s.summary(), "seconds": s.seconds,
+                       "fold_volume_accuracy": s.fold_volume_accuracy,
+                       "evaluation": s.evaluation.to_dict()} for s in result.seeds]}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--store", type=Path, default=None,
+                      help="store of the sample data, ingested on first use "
+                           "(default: benchmark_output/generalization_SIZE.h5)")
+    data.add_argument("--size", type=int, default=32, help="slice side of the store")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--protocol", choices=["loso", "kfold", "both"], default="loso")
+    protocol.add_argument("--folds", type=int, default=4, help="k of the subject k-fold")
+    protocol.add_argument("--only", default=None,
+                          help="comma-separated fold names to run (exploration only)")
+    protocol.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    model = parser.add_argument_group("recipes")
+    model.add_argument("--recipes", default="shipped,paper",
+                       help="shipped, paper, or aug:P for P among none, "
+                            f"{', '.join(sorted(POLICIES))}")
+    model.add_argument("--epochs", type=int, default=8)
+    model.add_argument("--images-per-epoch", type=int, default=2048)
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    run.add_argument("--json", type=Path, default=None, help="write the results here")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("mri_tune.train").setLevel(logging.WARNING)
+    logging.getLogger("mri_tune_datasets").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    store = SliceStore(ensure_store(
+        args.store or Path(f"benchmark_output/generalization_{args.size}.h5"), args.size))
+    data = pool_store(store)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = recipes(args.recipes.split(","), args.epochs, args.images_per_epoch)
+    protocols = ["loso", "kfold"] if args.protocol == "both" else [args.protocol]
+    start = time.perf_counter()
+    results: list[tuple[RecipeResult, Recipe]] = []
+    for protocol in protocols:
+        folds = folds_for(protocol, data.volumes, args.folds, seed=0)
+        if args.only:
+            folds = [f for f in folds if f.name in args.only.split(",")]
+        for fold in folds:
+            regions = sorted({data.volumes[v]["region"] for v in fold.test})
+            print(f"{protocol} fold {fold.name}: {len(fold.test)} test volumes ({regions})")
+        for recipe in chosen:
+            results.append((cross_validate(recipe, data, folds, seeds, device, protocol),
+                            recipe))
+            print(format_table([results[-1][0]], data.classes), flush=True)
+            if args.json is not None:  # after each recipe: a long run keeps what it measured
+                write_json(args, store, results, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    print(f"\n{len(data.labels)} slices of {store.image_size[0]}x{store.image_size[1]}, "
+          f"{len(data.volumes)} volumes; {args.epochs} epochs x {args.images_per_epoch} "
+          f"images; {seconds / 60:.1f} min on {device}")
+    print(format_table([r for r, _ in results], data.classes))
+    if args.json is not None:
+        write_json(args, store, results, seconds)
+
+
+def write_json(args: argparse.Namespace, store: SliceStore,
+               results: list[tuple[RecipeResult, Recipe]], seconds: float) -> None:
+    args.json.write_text(json.dumps({
+        "store": str(store.path), "size": args.size, "seconds": seconds,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": [to_json(r, recipe) for r, recipe in results]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

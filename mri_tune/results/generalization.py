@@ -1,0 +1,252 @@
+"""Generalisation to unseen sources: leave-one-group-out and subject-grouped k-fold on a store.
+
+A store's three splits are pooled; each fold holds out a set of volumes (one group of sources,
+or one k-th of the subjects), trains a recipe on the rest with the one training entry point
+(`mri_tune.training.run.train_on_slices`) and predicts the held-out slices. Every volume is
+predicted exactly once per seed, so the pooled predictions of one seed give one `Evaluation`
+(slice and volume confusion matrices), and the spread over seeds says how much of a difference
+is noise.
+
+Groups. A group is a set of volumes whose manifest rows share a value of a grouping column
+(the manifest's `source`, or a coarser site label computed from it). Groups that share a
+subject are merged (union-find over subjects), so no person is ever on both sides of a fold.
+
+Symbols (N pooled slices, C classes, V volumes, S seeds):
+    probs      (N, C)  held-out probabilities of every slice, one array per seed
+    decided    fraction of slices whose largest probability exceeds the paper's 0.7
+    volume_accuracy[region]  1 - volume error of the region, per seed; mean and sd over S
+
+The recipe trains a fixed number of epochs and the last epoch is scored: nothing is selected
+on the held-out volumes. `Trainer` wants a validation split; the held-out slices serve as one
+only so that the per-epoch log shows the learning curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from mri_tune.data.store import SliceStore
+from mri_tune.results.evaluate import Evaluation, evaluate_probabilities
+from mri_tune.training.config import TrainConfig
+from mri_tune.training.inference import predict_proba
+from mri_tune.training.model import CNNSpec
+from mri_tune.training.run import train_on_slices
+from mri_tune.training.trainer import Slices
+from mri_tune_core import paper
+from mri_tune_core.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PooledSlices:
+    """Every slice of a store (all splits), with the volume table's per-volume columns."""
+
+    images: torch.Tensor  # (N, H, W) uint8
+    labels: np.ndarray  # (N,) int64
+    volume: np.ndarray  # (N,) int64, row of `volumes`
+    volumes: list[dict[str, Any]]  # SliceStore.volumes() rows
+    classes: tuple[str, ...]
+
+    def select(self, volume_ids: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(images (n, H, W), labels (n,), volume (n,)) of the slices of `volume_ids`."""
+        mask = np.isin(self.volume, volume_ids)
+        index = torch.from_numpy(np.flatnonzero(mask))
+        return self.images[index], self.labels[mask], self.volume[mask]
+
+
+def pool_store(store: SliceStore) -> PooledSlices:
+    """All slices of `store`, its three splits concatenated (in CPU memory)."""
+    splits = [store.load_split(name) for name in ("train", "validation", "test")]
+    return PooledSlices(
+        images=torch.cat([s.images for s in splits]),
+        labels=torch.cat([s.labels for s in splits]).numpy(),
+        volume=torch.cat([s.volume for s in splits]).numpy(),
+        volumes=store.volumes(), classes=tuple(store.classes))
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One train/test partition of the volumes (ids are rows of the store's volume table)."""
+
+    name: str
+    test: np.ndarray  # (V_test,) volume ids
+    train: np.ndarray  # (V_train,) volume ids
+
+
+def _find(parent: dict[str, str], key: str) -> str:
+    while parent[key] != key:
+        parent[key] = parent[parent[key]]
+        key = parent[key]
+    return key
+
+
+def group_volumes(volumes: Sequence[Mapping[str, Any]],
+                  group_of: Callable[[Mapping[str, Any]], str]) -> dict[str, list[int]]:
+    """Group name -> volume ids; groups sharing a subject are merged (named 'a+b').
+
+    `group_of(row)` names a volume's group from its volume-table row (e.g. its source).
+    """
+    parent: dict[str, str] = {}
+    owner: dict[str, str] = {}  # subject -> the first group seen with it
+    for row in volumes:
+        group = group_of(row)
+        parent.setdefault(group, group)
+        first = owner.setdefault(str(row["subject"]), group)
+        a, b = _find(parent, first), _find(parent, group)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for group in parent:
+        members.setdefault(_find(parent, group), []).append(group)
+    names = {root: "+".join(sorted(groups)) for root, groups in members.items()}
+    grouped: dict[str, list[int]] = {}
+    for row in volumes:
+        grouped.setdefault(names[_find(parent, group_of(row))], []).append(int(row["index"]))
+    return dict(sorted(grouped.items()))
+
+
+def leave_one_group_out(groups: Mapping[str, Sequence[int]]) -> list[Fold]:
+    """One fold per group: the group is the test set, every other group trains."""
+    every = np.array(sorted(v for ids in groups.values() for v in ids))
+    return [Fold(name, np.array(sorted(ids)), np.setdiff1d(every, ids))
+            for name, ids in groups.items()]
+
+
+def subject_kfold(volumes: Sequence[Mapping[str, Any]], k: int,
+                  rng: np.random.Generator) -> list[Fold]:
+    """k folds of whole subjects, dealt region by region (fewest subjects first) so that each
+    fold gets a share of every region; a subject with volumes of two regions stays whole."""
+    if k < 2:
+        raise InputError(f"k-fold needs k >= 2 folds. Got k={k}; e.g. --folds 4.")
+    regions: dict[str, set[str]] = {}
+    for row in volumes:
+        regions.setdefault(row["region"], set()).add(str(row["subject"]))
+    fold_of: dict[str, int] = {}
+    sizes = np.zeros(k, dtype=int)
+    for region in sorted(regions, key=lambda r: (len(regions[r]), r)):
+        free = sorted(regions[region] - set(fold_of))
+        for i in rng.permutation(len(free)):
+            fold = int(np.argmin(sizes + rng.random(k) * 0.5))  # smallest fold, random ties
+            fold_of[free[i]] = fold
+            sizes[fold] += 1
+    every = np.array([int(r["index"]) for r in volumes])
+    folds = []
+    for fold in range(k):
+        test = np.array([int(r["index"]) for r in volumes if fold_of[str(r["subject"])] == fold])
+        folds.append(Fold(f"fold{fold}", test, np.setdiff1d(every, test)))
+    return folds
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A fixed way of training a classifier: an architecture and its training settings."""
+
+    name: str
+    spec: CNNSpec
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class FoldPrediction:
+    """Held-out probabilities of one fold (slices in the order of `PooledSlices.select`)."""
+
+    fold: str
+    probs: np.ndarray  # (n, C)
+    labels: np.ndarray  # (n,)
+    volume: np.ndarray  # (n,)
+    seconds: float
+
+
+def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
+             device: torch.device) -> FoldPrediction:
+    """Train `recipe` (seeded) on the fold's training volumes; predict its test volumes."""
+    start = time.perf_counter()
+    train_images, train_labels, _ = data.select(fold.train)
+    test_images, test_labels, test_volume = data.select(fold.test)
+    held_out = Slices(test_images, torch.from_numpy(test_labels))
+    trainer = train_on_slices(Slices(train_images, torch.from_numpy(train_labels)), held_out,
+                              data.classes, recipe.spec, replace(recipe.train, seed=seed),
+                              device=device)
+    probs = predict_proba(trainer.model, test_images, device)
+    return FoldPrediction(fold.name, probs, test_labels, test_volume,
+                          time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """All folds of one seed, pooled: every volume predicted once."""
+
+    seed: int
+    evaluation: Evaluation
+    decided: float  # fraction of slices with max probability > DECISION_THRESHOLD
+    fold_volume_accuracy: dict[str, float]
+    seconds: float
+
+    def summary(self) -> dict[str, float]:
+        ev = self.evaluation
+        row = {"volume_accuracy": ev.volume_accuracy, "slice_accuracy": ev.slice_accuracy,
+               "decided": self.decided}
+        for name, error in ev.volume_class_error.items():
+            row[f"volume_accuracy_{name}"] = math.nan if error is None else 1.0 - error
+        for name, error in ev.slice_class_error.items():
+            row[f"slice_accuracy_{name}"] = math.nan if error is None else 1.0 - error
+        return row
+
+
+def pool_folds(seed: int, predictions: Sequence[FoldPrediction],
+               classes: tuple[str, ...]) -> SeedResult:
+    probs = np.concatenate([p.probs for p in predictions])
+    labels = np.concatenate([p.labels for p in predictions])
+    volume = np.concatenate([p.volume for p in predictions])
+    per_fold = {p.fold: evaluate_probabilities(p.probs, p.labels, p.volume,
+                                               classes).volume_accuracy for p in predictions}
+    return SeedResult(seed, evaluate_probabilities(probs, labels, volume, classes),
+                      float(np.mean(probs.max(axis=1) > paper.DECISION_THRESHOLD)), per_fold,
+                      sum(p.seconds for p in predictions))
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """One recipe under one protocol, over several seeds."""
+
+    recipe: str
+    protocol: str
+    seeds: list[SeedResult] = field(default_factory=list)
+
+    def spread(self) -> dict[str, tuple[float, float, float, float]]:
+        """metric -> (mean, sd, min, max) over seeds."""
+        rows = [s.summary() for s in self.seeds]
+        out = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            out[key] = (statistics.fmean(values), sd, min(values), max(values))
+        return out
+
+
+def cross_validate(recipe: Recipe, data: PooledSlices, folds: Sequence[Fold],
+                   seeds: Sequence[int], device: torch.device, protocol: str) -> RecipeResult:
+    """Every fold for every seed; logs each fold's volume accuracy as it finishes."""
+    result = RecipeResult(recipe.name, protocol)
+    for seed in seeds:
+        predictions = []
+        for fold in folds:
+            prediction = run_fold(recipe, data, fold, seed, device)
+            accuracy = evaluate_probabilities(prediction.probs, prediction.labels,
+                                              prediction.volume, data.classes).volume_accuracy
+            logger.info("%s %s seed %d fold %s: volume accuracy %.3f (%d volumes, %.0f s)",
+                        protocol, recipe.name, seed, fold.name, accuracy, len(fold.test),
+                        prediction.seconds)
+            predictions.append(prediction)
+        result.seeds.append(pool_folds(seed, predictions, data.classes))
+    return result

@@ -1,0 +1,124 @@
+"""Leave-one-group-out and subject k-fold: no person on both sides, every volume tested once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mri_tune.errors import InputError
+from mri_tune.results.generalization import (
+    FoldPrediction,
+    PooledSlices,
+    Recipe,
+    cross_validate,
+    group_volumes,
+    leave_one_group_out,
+    pool_folds,
+    subject_kfold,
+)
+from mri_tune.training.config import TrainConfig
+from mri_tune.training.model import CNNSpec
+
+CLASSES = ("head", "abdomen", "pelvis", "spine")
+
+
+def _volumes() -> list[dict]:
+    """Volume-table rows: sources a..e; subject s2 is in sources b and c, s5 in d and e."""
+    rows = [("a", "s1", "head"), ("a", "s1", "head"), ("b", "s2", "abdomen"),
+            ("c", "s2", "abdomen"), ("c", "s3", "pelvis"), ("d", "s4", "spine"),
+            ("d", "s5", "spine"), ("e", "s5", "pelvis"), ("f", "s6", "head"),
+            ("f", "s7", "abdomen"), ("g", "s8", "pelvis"), ("g", "s9", "spine")]
+    return [{"index": i, "metadata": {"source": src}, "subject": subject, "region": region,
+             "path": f"{src}/{i}"} for i, (src, subject, region) in enumerate(rows)]
+
+
+def _subjects(volumes: list[dict], ids: np.ndarray) -> set[str]:
+    return {volumes[int(i)]["subject"] for i in ids}
+
+
+def test_groups_sharing_a_subject_are_merged() -> None:
+    volumes = _volumes()
+    groups = group_volumes(volumes, lambda row: row["metadata"]["source"])
+    assert sorted(groups) == ["a", "b+c", "d+e", "f", "g"]
+    assert groups["b+c"] == [2, 3, 4]
+    assert groups["d+e"] == [5, 6, 7]
+
+
+def test_leave_one_group_out_tests_each_volume_once_and_no_subject_crosses() -> None:
+    volumes = _volumes()
+    folds = leave_one_group_out(group_volumes(volumes, lambda row: row["metadata"]["source"]))
+    tested = np.concatenate([f.test for f in folds])
+    assert sorted(tested.tolist()) == list(range(len(volumes)))
+    for fold in folds:
+        assert not _subjects(volumes, fold.test) & _subjects(volumes, fold.train)
+        assert len(fold.test) + len(fold.train) == len(volumes)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_subject_kfold_keeps_subjects_whole_and_spreads_regions(seed: int) -> None:
+    volumes = _volumes()
+    folds = subject_kfold(volumes, 3, np.random.default_rng(seed))
+    assert len(folds) == 3
+    tested = np.concatenate([f.test for f in folds])
+    assert sorted(tested.tolist()) == list(range(len(volumes)))
+    for fold in folds:
+        assert len(fold.test) > 0
+        assert not _subjects(volumes, fold.test) & _subjects(volumes, fold.train)
+    again = subject_kfold(volumes, 3, np.random.default_rng(seed))
+    assert all(np.array_equal(a.test, b.test) for a, b in zip(folds, again, strict=True))
+
+
+def test_kfold_needs_two_folds() -> None:
+    with pytest.raises(InputError, match="k >= 2"):
+        subject_kfold(_volumes(), 1, np.random.default_rng(0))
+
+
+def test_pooled_folds_count_decisions_at_the_paper_threshold() -> None:
+    sure = np.array([[0.9, 0.1, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0]])
+    unsure = np.array([[0.5, 0.5, 0.0, 0.0], [0.2, 0.6, 0.2, 0.0]])
+    result = pool_folds(0, [
+        FoldPrediction("x", sure, np.array([0, 0]), np.array([0, 0]), 1.0),
+        FoldPrediction("y", unsure, np.array([1, 1]), np.array([1, 1]), 2.0)], CLASSES)
+    assert result.decided == 0.5
+    assert result.evaluation.volume_accuracy == 1.0  # volume 1: votes abdomen 1, head 1 -> mass
+    assert result.fold_volume_accuracy == {"x": 1.0, "y": 1.0}
+    assert result.seconds == 3.0
+    summary = result.summary()
+    assert summary["volume_accuracy_head"] == 1.0 and np.isnan(summary["volume_accuracy_spine"])
+
+
+def _pooled(seed: int = 0) -> PooledSlices:
+    """Four classes of 16x16 slices, each a bright square in its own quadrant; 8 volumes."""
+    rng = np.random.default_rng(seed)
+    images, labels, volume, rows = [], [], [], []
+    for v in range(8):
+        label = v % 4
+        for _ in range(4):
+            image = rng.integers(0, 40, (16, 16))
+            r, c = divmod(label, 2)
+            image[r * 8:r * 8 + 8, c * 8:c * 8 + 8] += 200
+            images.append(image)
+            labels.append(label)
+            volume.append(v)
+        rows.append({"index": v, "subject": f"s{v}", "region": CLASSES[label],
+                     "metadata": {"source": f"src{v // 4}"}, "path": str(v)})
+    return PooledSlices(torch.tensor(np.array(images), dtype=torch.uint8), np.array(labels),
+                        np.array(volume), rows, CLASSES)
+
+
+def test_cross_validate_predicts_every_held_out_volume_once_per_seed() -> None:
+    data = _pooled()
+    folds = leave_one_group_out(group_volumes(data.volumes, lambda r: r["metadata"]["source"]))
+    recipe = Recipe("tiny", CNNSpec(2, 1, 4, 3),
+                    TrainConfig(learning_rate=0.01, batch_size=16, epochs=1,
+                                augmentation=False, images_per_epoch=32))
+    result = cross_validate(recipe, data, folds, [0, 1], torch.device("cpu"), "loso")
+    assert [s.seed for s in result.seeds] == [0, 1]
+    for seed in result.seeds:
+        assert seed.evaluation.volume_confusion.sum() == 8
+        assert seed.evaluation.slice_confusion.sum() == 32
+        assert 0.0 <= seed.decided <= 1.0
+    spread = result.spread()
+    mean, sd, low, high = spread["volume_accuracy"]
+    assert low <= mean <= high and sd >= 0.0
