@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 search = tuner.build_tuner(settings, cluster_cpus, _say)
             search.fit()
+        tuner.report_interrupted(settings, _say)
         experiment_dir = tuner.local_experiment_dir(settings)
         print("building the ensemble of the top trials ...", flush=True)
         ensemble_dir = build_ensemble(experiment_dir, settings.out / "ensemble", settings.top)

@@ -9,7 +9,11 @@ from pathlib import Path
 import ray.cloudpickle
 from ray.exceptions import ActorDiedError, RayTaskError, WorkerCrashedError
 
-from mri_tune.experiment.resume import is_infrastructure, reopen_infrastructure_errors
+from mri_tune.experiment.resume import (
+    infrastructure_errors,
+    is_infrastructure,
+    reopen_infrastructure_errors,
+)
 
 
 def _task_error(cause: BaseException) -> RayTaskError:
@@ -46,8 +50,10 @@ def test_only_trials_the_infrastructure_killed_are_reopened(tmp_path) -> None:
         "own_missing_file": _task_error(FileNotFoundError(errno.ENOENT, "no such file")),
         "running": None,
     })
+    crashed = ["actor_died", "disk_full", "lost_checkpoint", "worker_crashed"]
+    assert sorted(infrastructure_errors(tmp_path)) == crashed  # what run_search reports
     reopened = reopen_infrastructure_errors(tmp_path)
-    assert sorted(reopened) == ["actor_died", "disk_full", "lost_checkpoint", "worker_crashed"]
+    assert sorted(reopened) == crashed
     data = json.loads(state.read_text())
     statuses = {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in data["trial_data"]}
     assert statuses == {"actor_died": "PENDING", "worker_crashed": "PENDING",
@@ -61,6 +67,7 @@ def test_only_trials_the_infrastructure_killed_are_reopened(tmp_path) -> None:
                                                 "value": "80054e2e"}
     assert data["runner_data"] == {"x": 1}
     assert reopen_infrastructure_errors(tmp_path) == []  # nothing left to reopen
+    assert infrastructure_errors(tmp_path) == []
 
 
 def test_an_unreadable_error_pickle_keeps_the_trial_an_error(tmp_path) -> None:

@@ -86,11 +86,36 @@ def is_infrastructure(error: object) -> bool:
         cause.errno in FULL_STORAGE_ERRNOS or any(t in str(cause) for t in _FULL_STORAGE_TEXT))
 
 
+def infrastructure_errors(experiment_dir: Path) -> list[str]:
+    """The folders of the errored trials that `reopen_infrastructure_errors` would continue."""
+    path = newest_state_file(experiment_dir)
+    if path is None:
+        return []
+    _, trials, _ = _read_state(path)
+    return [str(t["relative_logdir"]) for t in trials if _is_crashed(t, Path(experiment_dir))]
+
+
 def reopen_infrastructure_errors(experiment_dir: Path) -> list[str]:
     """Mark errored trials whose worker or node died as unfinished; returns their folders."""
     path = newest_state_file(experiment_dir)
     if path is None:
         return []
+    state, trials, metadata = _read_state(path)
+    reopened = []
+    for trial, meta, entry in zip(trials, metadata, state["trial_data"], strict=True):
+        if not _is_crashed(trial, Path(experiment_dir)):
+            continue
+        trial["status"] = _UNFINISHED
+        meta.update(error_filename=None, pickled_error_filename=None)
+        entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
+        reopened.append(str(trial["relative_logdir"]))
+    if reopened:
+        _replace(path, json.dumps(state))
+    return reopened
+
+
+def _read_state(path: Path) -> tuple[dict[str, Any], list[dict], list[dict]]:
+    """The state, and its per-trial JSON objects and run metadata (plain JSON only)."""
     try:
         state = json.loads(path.read_text())
         entries = state["trial_data"]
@@ -101,17 +126,7 @@ def reopen_infrastructure_errors(experiment_dir: Path) -> list[str]:
         raise InputError(f"{path} is not a Tune experiment state this version reads ({err}); "
                          "restore the file from a backup, or start a new search without "
                          "--resume.") from err
-    reopened = []
-    for trial, meta, entry in zip(trials, metadata, entries, strict=True):
-        if not _is_crashed(trial, Path(experiment_dir)):
-            continue
-        trial["status"] = _UNFINISHED
-        meta.update(error_filename=None, pickled_error_filename=None)
-        entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
-        reopened.append(str(trial["relative_logdir"]))
-    if reopened:
-        _replace(path, json.dumps(state))
-    return reopened
+    return state, trials, metadata
 
 
 def _is_crashed(trial: dict[str, Any], experiment_dir: Path) -> bool:

@@ -22,7 +22,7 @@ from mri_tune.errors import InputError
 from mri_tune.experiment.console import SearchProgress, show_once
 from mri_tune.experiment.record import check_same_search, write_search_record
 from mri_tune.experiment.resources import concurrent_slots, trial_resources
-from mri_tune.experiment.resume import reopen_infrastructure_errors
+from mri_tune.experiment.resume import infrastructure_errors, reopen_infrastructure_errors
 from mri_tune.experiment.settings import ExperimentSettings
 from mri_tune.experiment.space import IMAGES_PER_EPOCH, STORE_SIZE, baseline_config, param_space
 from mri_tune.experiment.trainable import TrialSettings, make_trainable
@@ -143,6 +143,16 @@ def restore_tuner(settings: ExperimentSettings, write: Callable[[str], None]) ->
     return tune.Tuner.restore(settings.experiment_dir, trainable=_trainable(settings),
                               resume_unfinished=True,
                               resume_errored=settings.on_error == "retry")
+
+
+def report_interrupted(settings: ExperimentSettings, write: Callable[[str], None]) -> None:
+    """After fit: say which trials a dead worker or a full disk stopped, and how to go on."""
+    folder = settings.local_experiment_dir
+    stopped = infrastructure_errors(folder) if folder is not None else []
+    if stopped:
+        write(f"{len(stopped)} trial(s) were stopped by a dead worker or a full disk, not by "
+              "their own code; once the cause is gone, run the same command with --resume to "
+              "continue them from their last checkpoint.")
 
 
 def _trainable(settings: ExperimentSettings):
