@@ -14,9 +14,12 @@ bomb, malformed manifest rows, duplicates, private columns, paths outside the ro
 listed). The ingests use 12 small volumes of the sample set (3 subjects per region), copied into
 a scratch root, at --size 32: the whole table takes a few minutes on 2 cores.
 
-    python benchmarks/faults.py [--samples DIR] [--work DIR] [--only SUBSTRING ...]
+Search faults (benchmarks/faults_search.py: driver SIGKILL at 5 random moments each followed by
+`--resume`, a trial's worker killed, a full disk while checkpointing) follow, in their own table
+with the trials lost and duplicate configurations; `--ingest-only` or `--search-only` runs one
+half.
 
-Search faults are added to FAULTS the same way.
+    python benchmarks/faults.py [--samples DIR] [--work DIR] [--only SUBSTRING ...]
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+from faults_search import format_table as format_search_table
+from faults_search import run_search_faults
 from pydicom.dataelem import DataElement
 
 from mri_tune.data.samples import find_samples
@@ -494,6 +499,10 @@ def main() -> int:
                         help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--only", nargs="*", default=[],
                         help="run only the faults whose name contains one of these")
+    half = parser.add_mutually_exclusive_group()
+    half.add_argument("--ingest-only", action="store_true", help="skip the search faults")
+    half.add_argument("--search-only", action="store_true", help="skip the ingest faults")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search's kill moments")
     args = parser.parse_args()
     samples = args.samples or find_samples()
     if samples is None:
@@ -503,19 +512,28 @@ def main() -> int:
         root = work / "root"
         root.mkdir(parents=True, exist_ok=True)
         ctx = Context(root, subset(samples, root), work, samples)
-        rows = []
-        for fault in FAULTS:
+        rows, search_rows = [], []
+        for fault in [] if args.search_only else FAULTS:
             name = fault.__name__.replace("_", " ")
             if args.only and not any(s in name for s in args.only):
                 continue
             rows.append(fault(ctx))
             print(f"done: {rows[-1].fault}", file=sys.stderr, flush=True)
-        print(format_table(rows))
         (work / "faults.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+        if not args.ingest_only:
+            search_work = work / "search"
+            search_work.mkdir(exist_ok=True)
+            search_rows = run_search_faults(search_work, args.only, args.seed)
+        if rows:
+            print("Ingest faults\n\n" + format_table(rows))
+        if search_rows:
+            print("\nSearch faults\n\n" + format_search_table(search_rows))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     bad = [r for r in rows if not r.expected or r.partial_files or r.hang]
+    bad += [r for r in search_rows if not r.expected or r.trials_lost or r.duplicate_configs
+            or r.partial_files or r.hang]
     return 1 if bad else 0
 
 

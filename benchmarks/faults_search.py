@@ -336,6 +336,24 @@ def format_table(rows: list[SearchFaultRow]) -> str:
     return "\n".join(lines)
 
 
+def run_search_faults(work: Path, only: list[str], seed: int = 0) -> list[SearchFaultRow]:
+    """Every search fault (or those whose name holds one of `only`), each a table row."""
+    rows: list[SearchFaultRow] = []
+    store = ensure_store(work / "sample_store_32.h5", 32)
+    ctx = SearchContext(work, store, np.random.default_rng(seed))
+    for fault in SEARCH_FAULTS:
+        if only and not any(s in fault.__name__ for s in only):
+            continue
+        try:
+            rows.append(fault(ctx))
+        except Exception as err:  # noqa: BLE001 - the table must still come out
+            rows.append(SearchFaultRow(fault.__name__, f"benchmark failed: {err!r}"[:300],
+                                       False, -1, -1, -1, False))
+        print(f"done: {rows[-1]}", file=sys.stderr, flush=True)
+    (work / "faults_search.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=None,
@@ -345,27 +363,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="mri_tune_search_faults_"))
-    rows: list[SearchFaultRow] = []
     try:
-        store = ensure_store(work / "sample_store_32.h5", 32)
-        ctx = SearchContext(work, store, np.random.default_rng(args.seed))
-        for fault in SEARCH_FAULTS:
-            if args.only and not any(s in fault.__name__ for s in args.only):
-                continue
-            try:
-                rows.append(fault(ctx))
-            except Exception as err:  # noqa: BLE001 - the table must still come out
-                rows.append(SearchFaultRow(fault.__name__, f"benchmark failed: {err!r}"[:300],
-                                           False, -1, -1, -1, False))
-            print(f"done: {rows[-1]}", file=sys.stderr, flush=True)
+        rows = run_search_faults(work, args.only, args.seed)
         print(format_table(rows))
-        (work / "faults_search.json").write_text(json.dumps([r.__dict__ for r in rows],
-                                                            indent=1))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    bad = [r for r in rows if not r.expected]
-    return 1 if bad else 0
+    return 0 if all(r.expected for r in rows) else 1
 
 
 if __name__ == "__main__":
