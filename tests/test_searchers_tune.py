@@ -1,4 +1,4 @@
-"""GPPISearch inside a real Ray Tune Tuner: 8 GPU slots, interruption and Tuner.restore."""
+"""GPSearch inside a real Ray Tune Tuner: 8 GPU slots, interruption and Tuner.restore."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray import cloudpickle, tune
 
-from searchers import GPPISearch
+from searchers import GPSearch
 
 pytestmark = pytest.mark.slow
 NUM_SAMPLES = 20
@@ -60,7 +60,7 @@ def _tuner(storage: Path, name: str, callbacks: list | None = None) -> tune.Tune
     return tune.Tuner(
         tune.with_resources(trainable, {"gpu": 1}),
         param_space=space(),
-        tune_config=tune.TuneConfig(search_alg=GPPISearch(seed=0, warmup_trials=6),
+        tune_config=tune.TuneConfig(search_alg=GPSearch(seed=0, warmup_trials=6),
                                     metric="loss", mode="min", num_samples=NUM_SAMPLES,
                                     max_concurrent_trials=8, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
