@@ -39,28 +39,35 @@ def quasi_random_rows(shape: Sequence[int], count: int, rng: np.random.Generator
 def perturbed_rows(centres: np.ndarray, dimensions: Sequence[Dimension], per_centre: int,
                    step: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(len(centres) * per_centre, D) rows near `centres` (k, D); step: (D,) sd in [0, 1] units."""
-    if len(centres) == 0:
-        return np.empty((0, len(dimensions)), dtype=np.int64)
-    rows = np.repeat(np.asarray(centres, dtype=np.int64), per_centre, axis=0)
     dims = len(dimensions)
-    for row in rows:
-        moved = rng.choice(dims, size=int(rng.integers(1, min(_MAX_MOVED, dims) + 1)),
-                           replace=False)
-        for d in moved:
-            row[d] = _move(dimensions[d], int(row[d]), float(step[d]), rng)
+    rows = np.repeat(np.asarray(centres, dtype=np.int64).reshape(-1, dims), per_centre, axis=0)
+    if len(rows) == 0:
+        return rows
+    # each row moves 1..3 distinct dimensions: the first k of a random permutation
+    count = rng.integers(1, min(_MAX_MOVED, dims) + 1, size=len(rows))
+    order = np.argsort(rng.random((len(rows), dims)), axis=1)
+    moved = np.zeros((len(rows), dims), dtype=bool)
+    np.put_along_axis(moved, order, np.arange(dims)[None, :] < count[:, None], axis=1)
+    for d, dim in enumerate(dimensions):
+        which = np.flatnonzero(moved[:, d])
+        if dim.size > 1 and len(which):
+            rows[which, d] = _move(dim, rows[which, d], float(step[d]), rng)
     return rows
 
 
-def _move(dim: Dimension, index: int, step: float, rng: np.random.Generator) -> int:
-    if dim.size == 1:
-        return index
+def _move(dim: Dimension, index: np.ndarray, step: float,
+          rng: np.random.Generator) -> np.ndarray:
+    """New value indices for (m,) `index` of one dimension, never the same value."""
     if dim.scale == "categorical":
-        other = int(rng.integers(dim.size - 1))
+        other = rng.integers(dim.size - 1, size=len(index))
         return other + (other >= index)
-    target = dim.encoded[index] + rng.normal(0.0, step)
-    moved = int(np.argmin(np.abs(dim.encoded - target)))
-    if moved == index:  # a step shorter than the value spacing still moves by one value
-        moved = int(np.clip(index + rng.choice((-1, 1)), 0, dim.size - 1))
+    target = dim.encoded[index] + rng.normal(0.0, step, size=len(index))
+    right = np.clip(np.searchsorted(dim.encoded, target), 1, dim.size - 1)
+    nearer_left = target - dim.encoded[right - 1] < dim.encoded[right] - target
+    moved = right - nearer_left
+    same = moved == index  # a step shorter than the value spacing still moves by one value
+    moved[same] = np.clip(index[same] + rng.choice((-1, 1), size=int(same.sum())), 0,
+                          dim.size - 1)
     return moved
 
 

@@ -464,13 +464,15 @@ class GPSearchCore:
         settings = self.settings
         rng = np.random.default_rng([self._entropy, len(self._observed), len(self._failed), 1])
         order = np.argsort(self._values)[:_BEST_CENTRES]
-        centres = np.array([self._observed[i] for i in order]
-                           + list(self._pending.values()), dtype=np.int64)
+        best = np.array([self._observed[i] for i in order], dtype=np.int64)
+        pending = np.array(list(self._pending.values()), dtype=np.int64)
         step = np.minimum(_PERTURBATION_STEP * np.asarray(model.posterior.params.length_scales),
                           0.25)
+        dims = self.space.dimensions
         pool = np.concatenate([
             quasi_random_rows(self.space.shape, settings.random_candidates, rng),
-            perturbed_rows(centres, self.space.dimensions, settings.perturbations, step, rng)])
+            perturbed_rows(best, dims, settings.perturbations, step, rng),
+            perturbed_rows(pending, dims, settings.pending_perturbations, step, rng)])
         pool = distinct_rows(pool, self._used)
         if len(pool) == 0:
             return

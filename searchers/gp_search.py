@@ -72,7 +72,7 @@ class GPSearch(Searcher):
 
     def _make_core(self, space: Mapping[str, Any] | SearchSpace) -> GPSearchCore:
         grid = space if isinstance(space, SearchSpace) else build_space(space,
-                                                                        self._settings.space)
+                                                                        self._settings.space_settings)
         return GPSearchCore(grid, self._settings, self._seed, self._points)
 
     # ---- Ray's Searcher API ---------------------------------------------------------------

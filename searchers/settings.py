@@ -50,16 +50,17 @@ class SearchSettings:
     thompson_candidates: int = 512  # top candidates sampled jointly by Thompson sampling
     candidates: int = 4096  # points whose exact posterior variance is computed per refit
     exhaustive_limit: int = 1_000_000  # spaces up to this size are scored whole (the paper: 470K)
-    random_candidates: int = 2048  # quasi-random candidates per refit of a larger space
-    perturbations: int = 64  # candidates around each of the best trials and the pending ones
-    local_starts: int = 3  # local searches of the acquisition from the best candidates
-    local_steps: int = 8  # coordinate moves per local search
+    random_candidates: int = 1024  # quasi-random candidates per refit of a larger space
+    perturbations: int = 128  # candidates around each of the best trials
+    pending_perturbations: int = 16  # candidates around each pending trial
+    local_starts: int = 2  # local searches of the acquisition from the best candidates
+    local_steps: int = 6  # coordinate moves per local search
     min_sd_fraction: float = 0.0  # never propose where the posterior sd is below this x prior sd
     pending_fraction: float = 0.0  # with `budget`: pending <= max(1, this x remaining); 0: off
     budget: int | None = None  # total trials of the run, for `pending_fraction`
     fit: FitSettings = field(default_factory=FitSettings)
     feasibility_model: FeasibilitySettings = field(default_factory=FeasibilitySettings)
-    space: SpaceSettings = field(default_factory=SpaceSettings)
+    space_settings: SpaceSettings = field(default_factory=SpaceSettings)
 
     def __post_init__(self) -> None:
         _check(self.warmup_trials >= 0, "warmup_trials", "an int >= 0", self.warmup_trials)
@@ -74,7 +75,7 @@ class SearchSettings:
         _check(self.batch_rule in BATCH_RULES, "batch_rule", f"one of {BATCH_RULES}",
                self.batch_rule)
         for name in ("mix_switch", "thompson_candidates", "exhaustive_limit",
-                     "random_candidates", "perturbations", "local_starts", "local_steps"):
+                     "random_candidates", "perturbations", "pending_perturbations", "local_starts", "local_steps"):
             _check(getattr(self, name) >= 0, name, "an int >= 0", getattr(self, name))
         _check(0.0 <= self.min_sd_fraction < 1.0, "min_sd_fraction", "a float in [0, 1)",
                self.min_sd_fraction)

@@ -48,7 +48,7 @@ from searchers.errors import SearchSpaceError
 Scale = Literal["linear", "log", "categorical"]
 Row = tuple[int, ...]  # one value index per dimension: a configuration's canonical identity
 
-DEFAULT_RESOLUTION = 20  # points per continuous domain: 5% steps, finer than 50 trials resolve
+DEFAULT_RESOLUTION = 64  # points per continuous domain: 1.6% steps (measured: RESULTS_searchers.md)
 DEFAULT_MAX_VALUES = 1000  # values kept per dimension, so per-dimension tables stay small
 _NORMAL_WIDTH = 3.0  # randn(m, s) is searched over m +- 3 s (99.7% of its mass)
 _SEP = "/"  # Ray's flattened-key separator for nested param spaces
