@@ -94,8 +94,8 @@ def bench_scheduling(trials: int, gpus: int = 8) -> dict:
     import ray
     from ray import tune
 
-    from searchers import GPSearch
     from mri_tune_core.paper import BASELINE
+    from searchers import GPSearch
     from searchers.space import paper_space
 
     ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False,

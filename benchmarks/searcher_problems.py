@@ -14,7 +14,7 @@ tables cached in benchmarks/tables/, built on first use, ~2-5 minutes each on 2 
 
     knn_digits   KNeighbors(n_neighbors log-int 1..64, weights, p) on digits     log-int + choices
     et_cancer    ExtraTrees(n_estimators q-int, max_depth int, max_features, min_samples_leaf
-                 log-int, bootstrap) on breast_cancer                 q-int + int + log-int + choices
+                 log-int, bootstrap) on breast_cancer          q-int + int + log-int + choices
     sgd_digits   SGDClassifier(alpha log-uniform, loss, penalty, max_iter q-int) on digits
                                                                       log + choices + q-int
 

@@ -6,4 +6,4 @@ from mri_tune_core.errors import MriTuneError
 
 
 class SearchSpaceError(MriTuneError, ValueError):
-    """A search space or searcher setting that cannot work (sample_from, empty domain, bad value)."""
+    """A search space or searcher setting that cannot work (sample_from, empty domain, ...)."""

@@ -27,8 +27,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from searchers.errors import SearchSpaceError
 from searchers.core import GPSearchCore
+from searchers.errors import SearchSpaceError
 from searchers.settings import SearchSettings, resolve_settings
 from searchers.space import SearchSpace, build_space
 

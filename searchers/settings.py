@@ -1,14 +1,14 @@
 """The searcher's settings and its two named presets (no Ray import).
 
-`paper` reproduces Bertrand et al. (ISBI 2017, numbers in `mri_tune_core.paper`): random warm-up trials, a GP with a Gaussian
-(RBF) kernel on standardised losses, probability of improvement for two targets (the best loss and a
-25% improvement on it), successive proposals alternating the targets. Pending trials are only
-excluded from the grid; failures are only excluded (the paper had none).
+`paper` reproduces Bertrand et al. (ISBI 2017, numbers in `mri_tune_core.paper`): random warm-up
+trials, a GP with a Gaussian (RBF) kernel on standardised losses, probability of improvement for
+two targets (the best loss and a 25% improvement on it), successive proposals alternating the
+targets. Pending trials are only excluded; failures are only excluded (the paper had none).
 
-`default` is the variant that measured best on benchmarks/searchers.py (see
+`default` is the variant that measured best on the tuning half of benchmarks/searchers.py (see
 benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, log-warped losses, expected
-improvement, kriging believer over the pending trials, a feasibility estimate learned from failures,
-and 10 warm-up trials.
+improvement, kriging believer over the pending trials, a feasibility estimate learned from
+failures, and 10 warm-up trials.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class SearchSettings:
         _check(self.batch_rule in BATCH_RULES, "batch_rule", f"one of {BATCH_RULES}",
                self.batch_rule)
         for name in ("mix_switch", "thompson_candidates", "exhaustive_limit",
-                     "random_candidates", "perturbations", "pending_perturbations", "local_starts", "local_steps"):
+                     "random_candidates", "perturbations", "pending_perturbations",
+                     "local_starts", "local_steps"):
             _check(getattr(self, name) >= 0, name, "an int >= 0", getattr(self, name))
         _check(0.0 <= self.min_sd_fraction < 1.0, "min_sd_fraction", "a float in [0, 1)",
                self.min_sd_fraction)

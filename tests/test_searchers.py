@@ -11,8 +11,8 @@ import pytest
 from ray import tune
 from ray.tune.search import Searcher
 
-from searchers.errors import SearchSpaceError
 from searchers import GPSearch
+from searchers.errors import SearchSpaceError
 from searchers.gp import FitSettings
 
 FAST_FIT = FitSettings(restarts=1, max_iterations=30)  # tests check behaviour, not fit quality

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from ray import tune
 
-from searchers.errors import SearchSpaceError
 from mri_tune_core.paper import BASELINE
+from searchers.errors import SearchSpaceError
 from searchers.space import SpaceSettings, build_space, paper_space
 
 
