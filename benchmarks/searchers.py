@@ -324,16 +324,21 @@ def overhead_table(rows: list[dict[str, Any]]) -> str:
 # ---- main ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--runs", type=Path, required=True,
+                        help="JSON-lines file: every finished run is appended; runs already in "
+                             "it are not repeated, and the tables cover all of its runs")
+    parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     search = parser.add_argument_group("search")
     search.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
-    search.add_argument("--searchers", nargs="+", default=list(SEARCHERS),
+    search.add_argument("--searchers", nargs="*", default=list(SEARCHERS),
                         choices=list(SEARCHERS) + list(ABLATIONS))
     search.add_argument("--seeds", type=int, default=5)
     search.add_argument("--budgets", type=int, nargs="+", default=[50, 100])
     search.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     search.add_argument("--time-limit", type=float, default=120.0,
                         help="seconds per run of optuna_gp, beyond which the run is cut")
+    search.add_argument("--table-searchers", nargs="*", default=None,
+                        help="searchers shown in the tables (default: all in --runs)")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--workers", type=int, default=2, help="processes running searches")
     cluster.add_argument("--overhead", type=int, nargs="*", default=[],
@@ -348,24 +353,39 @@ def main(argv: list[str] | None = None) -> int:
             for s in args.searchers if s != "random" for seed in range(args.seeds)]
     jobs += [(p, "random", seed, 1, budget, 0.0) for p in args.problems
              for seed in range(RANDOM_SEEDS)]
+    done = _read_runs(args.runs)
+    finished = {(r["problem"], r["searcher"], r["seed"], r["concurrency"]) for r in done}
+    jobs = [j for j in jobs if j[:4] not in finished]
     start = time.time()
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        runs = list(pool.imap_unordered(run_one, jobs))
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool, \
+            args.runs.open("a") as stream:
+        for run in pool.imap_unordered(run_one, jobs):
+            stream.write(json.dumps(run) + "\n")
+            stream.flush()
+    print(f"quality runs: {len(jobs)} new in {time.time() - start:.0f} s")
+    runs = [r for r in _read_runs(args.runs) if r["problem"] in args.problems]
     rows = summarise(runs, args.budgets)
+    if args.table_searchers is not None:
+        rows = [r for r in rows if r["searcher"] in {"random", *args.table_searchers}]
     for title, names in (("tuning problems", TUNING), ("held-out problems", HELD_OUT)):
         problems = [p for p in names if p in args.problems]
         if problems:
             print(quality_table([r for r in rows if r["problem"] in problems], problems, title))
-    print(f"\nquality runs: {len(runs)} in {time.time() - start:.0f} s")
     overhead = [row for name in args.overhead_problems
                 for row in measure_overhead(name, args.overhead, args.cycles)] if (
         args.overhead) else []
     if overhead:
         print("\n" + overhead_table(overhead))
     if args.json:
-        args.json.write_text(json.dumps({"argv": sys.argv, "summary": rows, "runs": runs,
+        args.json.write_text(json.dumps({"argv": sys.argv, "summary": rows,
                                          "overhead": overhead}, indent=1))
     return 0
+
+
+def _read_runs(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 if __name__ == "__main__":
