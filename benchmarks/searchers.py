@@ -1,19 +1,26 @@
-"""Benchmark: GPPISearch (default and paper presets) against Ray Tune's peers, and its overhead.
+"""Benchmark: GPSearch (default and paper presets) against Ray Tune's peers, and its overhead.
 
-Quality. Each searcher runs on tabulated offline problems (benchmarks/searcher_problems.py: three
-scikit-learn tuning problems and a SYNTHETIC paper-like CNN surface with an out-of-memory region).
-Searchers are driven through Ray's Searcher API directly (suggest / on_trial_complete), not through
-a Tuner, which is far faster: a simulated cluster keeps `concurrency` trials pending and completes
-the oldest first. Proposals are snapped to the problem's grid; a failed (NaN) entry is reported as
-`error=True`; duplicates count against the budget. Score at a budget of B trials:
-    100 * (random_mean - best_found) / (random_mean - best_in_table)
-i.e. 100 = the best value in the table, 0 = random search's mean at the same budget.
+Quality. Every searcher gets the problem's Ray Tune param space (benchmarks/searcher_problems.py:
+six tabulated scikit-learn problems, a SYNTHETIC paper-like CNN table, three closed-form
+functions) and is driven through Ray's Searcher API directly (suggest / on_trial_complete), not
+through a Tuner, which is far faster: a simulated cluster keeps `concurrency` trials pending and
+completes the oldest first. A tabulated problem snaps a proposal to its own grid and looks it up; a
+failed (NaN) entry is reported as `error=True`. A proposal whose problem key (table cell, or the
+exact point of a function) was already proposed counts as a duplicate, and every proposal counts
+against the budget. Score at a budget of B trials:
+    100 * (random_mean - best_found) / (random_mean - optimum)
+i.e. 100 = the best value in the table (the known minimum of a function), 0 = the mean of random
+search (independent draws from the param space, 20 seeds) at the same budget. Half the problems
+(searcher_problems.TUNING) were used to choose the defaults; the other half is reported apart.
+`optuna_gp` runs are cut after `--time-limit` seconds; a cut run is left out of the budgets it did
+not reach, and the tables say how many were cut.
 
-Overhead. Median and maximum time of `suggest` and `on_trial_complete` of the default preset at
-50, 200, 500 and 1,000 observations on the full 470,400-point paper grid, with 8 pending trials,
-after one untimed refit (the searcher has been running, so the fit is warm-started).
+Overhead. Median and maximum time of `suggest` and `on_trial_complete` of the default preset with
+8 pending trials at the given observation counts, after one untimed refit, on the paper's 470,400
+configurations and on the 10-dimensional levy10 space (the candidate-set path).
 
-    python benchmarks/searchers.py [--quick] [--json PATH] [--workers 2]
+    python benchmarks/searchers.py --runs runs.jsonl [--problems ...] [--searchers ...]
+        [--seeds 5] [--concurrency 1 8 32] [--budgets 50 100] [--overhead 50 200 500]
 """
 
 from __future__ import annotations
