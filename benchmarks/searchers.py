@@ -272,6 +272,46 @@ def quality_table(rows: list[dict[str, Any]], problems: list[str], title: str) -
     return "\n".join(lines)
 
 
+def headline_table(rows: list[dict[str, Any]], problems: list[str], title: str) -> str:
+    """Mean score over `problems` per searcher and (budget, concurrency), and duplicate rates.
+
+    A searcher with cut or missing problems is averaged over those it finished; its cell says
+    over how many. The last row is the default minus the best peer on the problems both finished.
+    """
+    settings = sorted({(r["budget"], r["concurrency"]) for r in rows})
+    lines = [f"\n{title}: mean score over {len(problems)} problems (duplicates: share of "
+             "proposals, all budgets and concurrencies)\n",
+             "| searcher | " + " | ".join(f"B={b} k={k}" for b, k in settings)
+             + " | duplicates |", "|---" * (len(settings) + 2) + "|"]
+    table: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
+    for r in rows:
+        if r["problem"] in problems and r["score_mean"] is not None:
+            table.setdefault(r["searcher"], {}).setdefault(
+                (r["budget"], r["concurrency"]), {})[r["problem"]] = r["score_mean"]
+    for name in sorted(table, key=_searcher_order):
+        cells = []
+        for setting in settings:
+            scores = table[name].get(setting, {})
+            note = "" if len(scores) == len(problems) else f" ({len(scores)})"
+            cells.append(f"{np.mean(list(scores.values())):.1f}{note}" if scores else "-")
+        dups = [r["duplicate_rate"] for r in rows if r["searcher"] == name
+                and r["problem"] in problems and r["duplicate_rate"] is not None]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * np.mean(dups):.1f}% |")
+    if "gp_default" in table:
+        cells = []
+        for setting in settings:
+            mine = table["gp_default"].get(setting, {})
+            gaps = []
+            for peer in (p for p in PEERS if p in table):
+                theirs = table[peer].get(setting, {})
+                common = [p for p in mine if p in theirs]
+                if common:
+                    gaps.append(np.mean([mine[p] - theirs[p] for p in common]))
+            cells.append(f"{min(gaps):+.1f}" if gaps else "-")
+        lines.append("| default - best peer | " + " | ".join(cells) + " | |")
+    return "\n".join(lines)
+
+
 def _searcher_order(name: str) -> tuple[int, str]:
     order = list(SEARCHERS) + list(ABLATIONS)
     return (order.index(name) if name in order else len(order), name)
@@ -377,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     for title, names in (("tuning problems", TUNING), ("held-out problems", HELD_OUT)):
         problems = [p for p in names if p in args.problems]
         if problems:
+            print(headline_table(rows, problems, title))
             print(quality_table([r for r in rows if r["problem"] in problems], problems, title))
     overhead = [row for name in args.overhead_problems
                 for row in measure_overhead(name, args.overhead, args.cycles)] if (

@@ -50,6 +50,7 @@ from searchers.candidates import (
     perturbed_rows,
     quasi_random_rows,
 )
+from searchers.errors import SearcherStateError
 from searchers.feasibility import choose_bandwidth, log_feasibility
 from searchers.gp import (
     CholeskyFailure,
@@ -225,8 +226,9 @@ class GPSearchCore:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> GPSearchCore:
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"searcher state version {state.get('version')!r} is not "
-                             f"{STATE_VERSION}; restore with the release that saved it.")
+            raise SearcherStateError(
+                f"searcher state version must be {STATE_VERSION}; got {state.get('version')!r}. "
+                "Restore it with the release that saved it, or start a new search.")
         core = cls.__new__(cls)
         core.space = SearchSpace.from_dict(state["space"])
         core.settings = state["settings"]
