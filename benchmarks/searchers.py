@@ -312,6 +312,22 @@ def headline_table(rows: list[dict[str, Any]], problems: list[str], title: str) 
     return "\n".join(lines)
 
 
+def makespan_table(rows: list[dict[str, Any]], budget: int) -> str:
+    """Mean simulated wall time of a `budget`-trial run (1 = one trial's duration)."""
+    concurrencies = sorted({r["concurrency"] for r in rows})
+    lines = [f"\nsimulated wall time of {budget} trials, in trial durations (mean over problems "
+             "and seeds)\n", "| searcher | " + " | ".join(f"k={k}" for k in concurrencies)
+             + " |", "|---" * (len(concurrencies) + 1) + "|"]
+    for name in sorted({r["searcher"] for r in rows} - {"random"}, key=_searcher_order):
+        cells = []
+        for k in concurrencies:
+            spans = [r["makespan_mean"] for r in rows if r["searcher"] == name
+                     and r["concurrency"] == k and r["budget"] == budget]
+            cells.append(f"{np.mean(spans):.1f}" if spans else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _searcher_order(name: str) -> tuple[int, str]:
     order = list(SEARCHERS) + list(ABLATIONS)
     return (order.index(name) if name in order else len(order), name)
@@ -419,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print(headline_table(rows, problems, title))
             print(quality_table([r for r in rows if r["problem"] in problems], problems, title))
+    print(makespan_table(rows, budget))
     overhead = [row for name in args.overhead_problems
                 for row in measure_overhead(name, args.overhead, args.cycles)] if (
         args.overhead) else []
