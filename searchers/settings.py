@@ -7,8 +7,13 @@ targets. Pending trials are only excluded; failures are only excluded (the paper
 
 `default` is the variant that measured best on the tuning half of benchmarks/searchers.py (see
 benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, log-warped losses, expected
-improvement, kriging believer over the pending trials, a feasibility estimate learned from
-failures, and 10 warm-up trials.
+improvement, kriging believer over the pending trials (better than local penalisation and Thompson
+sampling at 8 and 32 pending there), a feasibility estimate learned from failures, 10 warm-up
+trials; continuous domains at 64 points (space.DEFAULT_RESOLUTION), spaces of at most
+`exhaustive_limit` configurations scored whole, larger ones through a candidate set.
+
+Both presets are `SearchSettings` values; `GPSearch(preset=..., **overrides)` replaces fields, and
+`warmup_trials=None` (the default) keeps the preset's own warm-up (10, or the paper's 47).
 """
 
 from __future__ import annotations
