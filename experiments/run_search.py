@@ -1,7 +1,7 @@
 """The whole search on Ray Tune: store, GP search of the CNN, top-ten ensemble, evaluation, report.
 
 Wiring only (the work is in mri_tune.experiment and mri_tune.results): store -> Ray
-Tune (GPPISearch over the CNN space) -> top-ten ensemble -> evaluation -> report.
+Tune (GPSearch over the CNN space) -> top-ten ensemble -> evaluation -> report.
 
 With no arguments it is the embedded default (`make demo`): a local Ray on this machine's CPUs,
 the sample store (built from the sample MRI data on first use), `--scale demo`, then the ensemble,
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search.add_argument("--warmup-trials", type=int, default=None,
                         help="random trials before the GP (default: the searcher preset's own)")
     search.add_argument("--searcher-preset", choices=["default", "paper"], default="default",
-                        help="GPPISearch preset: the measured best, or the paper's recipe")
+                        help="GPSearch preset: the measured best, or the paper's recipe")
     search.add_argument("--seed", type=int, default=0, help="seed of the searcher and trials")
     search.add_argument("--name", default=None, help="experiment name (default: mri_tune_SCALE)")
     search.add_argument("--storage", default=None,

@@ -27,9 +27,14 @@ from mri_tune.experiment.settings import ExperimentSettings
 from mri_tune.experiment.space import IMAGES_PER_EPOCH, STORE_SIZE, baseline_config, param_space
 from mri_tune.experiment.trainable import TrialSettings, make_trainable
 from mri_tune_core import paper
-from searchers import GPPISearch, resolve_settings
+from searchers import GPSearch, resolve_settings
 
 logger = logging.getLogger(__name__)
+
+PENDING_FRACTION = 0.25
+"""Most trials pending at once, as a share of the trials left (measured on the searcher benchmark:
+32 slots, budget 50: score 23.5 without the cap, 60.4 with it, at about 4x the wall time; at 8
+slots it changed nothing)."""
 
 
 def prepare(settings: ExperimentSettings) -> Path:
@@ -110,8 +115,11 @@ def build_tuner(settings: ExperimentSettings, cluster_cpus: float,
         cluster_cpus, settings.cpus_per_trial, settings.gpus, settings.gpus_per_trial)
     write(f"searching {settings.num_samples} configurations, {slots} at a time "
           f"({warmup_trials(settings)} random after the baseline, then the GP)")
-    searcher = GPPISearch(preset=settings.searcher_preset, warmup_trials=settings.warmup_trials,
-                          points_to_evaluate=[baseline_config(settings.scale)], seed=settings.seed)
+    searcher = GPSearch(preset=settings.searcher_preset, warmup_trials=settings.warmup_trials,
+                        points_to_evaluate=[baseline_config(settings.scale)], seed=settings.seed,
+                        # at most a quarter of the remaining trials pending, so that the GP sees
+                        # results before the budget is spent (benchmarks/RESULTS_searchers.md)
+                        budget=settings.num_samples, pending_fraction=PENDING_FRACTION)
     return tune.Tuner(
         _trainable(settings),
         param_space=param_space(settings.scale),
