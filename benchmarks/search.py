@@ -4,7 +4,7 @@
 
 1. demo: wall time of `python experiments/run_search.py` (the default run: store, search,
    ensemble, evaluation, report) in a fresh folder. Goal: at most 10 minutes on 2 CPU cores.
-2. scheduling: Ray with 8 logical GPUs on this CPU machine (`ray.init(num_gpus=8)`), GPPISearch
+2. scheduling: Ray with 8 logical GPUs on this CPU machine (`ray.init(num_gpus=8)`), GPSearch
    over Table 1 (470,400 configurations), trials that hold their GPU for a few seconds. Measured:
    the fraction of GPU-slot time that runs a trial between the moment every slot first held one
    and the start of the last trial (goal >= 0.9), trials started per minute, and the time spent
@@ -95,13 +95,13 @@ def bench_scheduling(trials: int, gpus: int = 8) -> dict:
     from ray import tune
 
     from mri_tune_core.paper import BASELINE
-    from searchers import GPPISearch
-    from searchers.space import paper_space
+    from searchers import GPSearch
+    from searchers.gp_search import paper_space
 
     ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False,
              log_to_driver=False)
     try:
-        timed = _TimedSearch(GPPISearch(warmup_trials=gpus, points_to_evaluate=[BASELINE],
+        timed = _TimedSearch(GPSearch(warmup_trials=gpus, points_to_evaluate=[BASELINE],
                                         seed=0))
         with tempfile.TemporaryDirectory() as storage:
             tuner = tune.Tuner(

@@ -1,7 +1,7 @@
 """The whole search on Ray Tune: store, GP search of the CNN, top-ten ensemble, evaluation, report.
 
 Wiring only (the work is in mri_tune.experiment and mri_tune.results): store -> Ray
-Tune (GPPISearch over the CNN space) -> top-ten ensemble -> evaluation -> report.
+Tune (GPSearch over the CNN space) -> top-ten ensemble -> evaluation -> report.
 
 With no arguments it is the embedded default (`make demo`): a local Ray on this machine's CPUs,
 the sample store (built from the sample MRI data on first use), `--scale demo`, then the ensemble,
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search.add_argument("--warmup-trials", type=int, default=None,
                         help="random trials before the GP (default: the searcher preset's own)")
     search.add_argument("--searcher-preset", choices=["default", "paper"], default="default",
-                        help="GPPISearch preset: the measured best, or the paper's recipe")
+                        help="GPSearch preset: the measured best, or the paper's recipe")
     search.add_argument("--seed", type=int, default=0, help="seed of the searcher and trials")
     search.add_argument("--name", default=None, help="experiment name (default: mri_tune_SCALE)")
     search.add_argument("--storage", default=None,
@@ -67,8 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search.add_argument("--resume", action="store_true",
                         help="restore the experiment --storage/--name after a crash")
     search.add_argument("--on-error", choices=["retry", "report"], default="report",
-                        help="on --resume, retry errored trials from their last checkpoint, "
-                             "or keep them as errors in the results")
+                        help="on --resume, retry trials whose own code raised from their "
+                             "last checkpoint, or keep them as errors in the results (trials "
+                             "stopped by a dead worker or a full disk always continue)")
     search.add_argument("--verbose", action="store_true",
                         help="Ray's own trial tables and worker logs instead of one line a trial")
     search.add_argument("--max-failures", type=int, default=0,
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 search = tuner.build_tuner(settings, cluster_cpus, _say)
             search.fit()
+        tuner.report_interrupted(settings, _say)
         experiment_dir = tuner.local_experiment_dir(settings)
         print("building the ensemble of the top trials ...", flush=True)
         ensemble_dir = build_ensemble(experiment_dir, settings.out / "ensemble", settings.top)

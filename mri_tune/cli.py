@@ -44,19 +44,33 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-small-regions", action="store_true",
                    help="accept regions of fewer than 3 subjects (absent from some splits; "
                         "the summary warns)")
+    p.add_argument("--keep-columns", default="",
+                   help="extra manifest columns to copy into the store, comma-separated "
+                        "(default: none; path, region and subject are always stored)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read files outside the root folder (paths with .., absolute paths, "
+                        "links, NRRD data files); only for a manifest you trust")
     p.set_defaults(handler=_cmd_ingest)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from mri_tune_datasets.ingest import IngestSettings, ingest, parse_split_fractions
+    from mri_tune_datasets.manifest import parse_keep_columns
 
     settings = IngestSettings(
         manifest=args.manifest, root=args.root, out=args.out, size=args.size,
         planes=args.planes, split=parse_split_fractions(args.split), seed=args.seed,
         on_error=args.on_error, max_frames=args.max_frames,
         allow_small_regions=args.allow_small_regions,
+        keep_columns=parse_keep_columns(args.keep_columns),
+        allow_outside_root=args.allow_outside_root,
     )
-    report = ingest(settings)
+    try:
+        report = ingest(settings)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the temporary files are gone
+        print(f"mri-tune ingest: interrupted ({interrupt or 'Ctrl-C'}); {args.out} was not "
+              "changed", file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", 2)
     print(report.summary())
     return 0
 
@@ -136,14 +150,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                         "checkpoint (checkpoint.pt or its folder)")
     p.add_argument("--store", required=True, type=Path, help="the slice store (.h5)")
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
-    p.add_argument("--json", action="store_true", help="print the evaluation as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the evaluation as JSON, with every volume's verdict")
+    _add_margin(p)
     p.set_defaults(handler=_cmd_evaluate)
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mri_tune.results.evaluate import evaluate, format_report
+def _add_margin(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--uncertain-margin", type=float, default=None,
+                   help="call a volume uncertain when its winning region leads the runner-up by "
+                        "less than this share of its slices (default 0.2; 0: never)")
 
-    report = evaluate(args.model, args.store, args.split)
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mri_tune.results.evaluate import UNCERTAIN_MARGIN, evaluate, format_report
+
+    margin = UNCERTAIN_MARGIN if args.uncertain_margin is None else args.uncertain_margin
+    report = evaluate(args.model, args.store, args.split, margin=margin)
     print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
     return 0
 
@@ -182,15 +205,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print per-slice probabilities as JSON")
     p.add_argument("--plot", type=Path, default=None,
                    help="PNG of the slice-by-slice probability profile of each volume")
+    _add_margin(p)
     p.set_defaults(handler=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from mri_tune.data.store import SliceStore
+    from mri_tune.results.evaluate import UNCERTAIN_MARGIN
     from mri_tune.results.predict import format_predictions, plot_profiles, predict_volumes
 
     preprocessing = SliceStore(args.store).preprocessing if args.store else None
-    predictions = predict_volumes(args.model, args.volumes, args.threshold, preprocessing)
+    margin = UNCERTAIN_MARGIN if args.uncertain_margin is None else args.uncertain_margin
+    predictions = predict_volumes(args.model, args.volumes, args.threshold, preprocessing, margin)
     if args.plot is not None:
         plot_profiles(predictions, args.plot, args.threshold)
     if args.json:

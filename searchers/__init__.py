@@ -1,7 +1,9 @@
-"""GP search over a finite grid of configurations, as a Ray Tune Searcher.
+"""GP search over any Ray Tune space, as a Ray Tune Searcher.
 
-`GPPISearch` (gp_pi_search.py) is the only part that imports Ray; it is loaded lazily so that the
-math modules (space, gp, grid, acquisition, feasibility, warping, core) import without Ray.
+`GPSearch` (gp_search.py) is the only part that imports Ray; it is loaded lazily so that the math
+modules (space, gp, grid, acquisition, batch, candidates, feasibility, warping, core) import
+without Ray. The default preset acquires with EI and preset "paper" with the paper's dual-target
+PI, so the class is named for the GP, not for one acquisition (formerly `GPPISearch`).
 """
 
 from __future__ import annotations
@@ -9,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from searchers.settings import PRESETS, SearchSettings, resolve_settings
-from searchers.space import SearchSpace, SpaceSettings, build_space, paper_space
+from searchers.space import SearchSpace, SpaceSettings, build_space
 
-__all__ = ["GPPISearch", "PRESETS", "SearchSettings", "SearchSpace",
+__all__ = ["GPSearch", "PRESETS", "SearchSettings", "SearchSpace",
            "SpaceSettings", "build_space", "paper_space", "resolve_settings"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "GPPISearch":
-        from searchers.gp_pi_search import GPPISearch
+    if name in ("GPSearch", "paper_space"):
+        from searchers import gp_search  # deferred: importing Ray takes ~1 s
 
-        return GPPISearch
+        return getattr(gp_search, name)
     raise AttributeError(f"module 'searchers' has no attribute {name!r}")

@@ -1,29 +1,30 @@
-"""The search itself, without Ray: warm-up, GP refits, grid scoring, pending and failed trials.
+"""The search itself, without Ray: warm-up, GP refits, candidate scoring, pending and failed trials.
 
-`GPSearchCore` minimises; the Ray `Searcher` (gp_pi_search.py) fixes the sign once at its boundary.
+`GPSearchCore` minimises; the Ray `Searcher` (gp_search.py) fixes the sign once at its boundary.
+A configuration is a row of value indices (space.py); rows already evaluated, failed or pending are
+never proposed again, so no proposal rounds to a configuration already run.
 
 Proposal order: the `points_to_evaluate` queue, then `warmup_trials` uniformly random distinct
-grid points, then the model. While fewer than two trials have succeeded the model cannot be fitted,
-so proposals stay random (rather than leaving GPU slots idle).
+configurations, then the model. While fewer than two trials have succeeded the model cannot be
+fitted, so proposals stay random (rather than leaving GPU slots idle).
 
-Model proposals (the paper's "score every configuration", made cheap):
-1. On every completed trial (once in the model phase) the GP hyper-parameters are refitted and the
-   posterior mean of all N grid points is computed in two matrix products (grid.py), together with
-   the feasibility estimate (feasibility.py) when trials have failed.
-2. The acquisition is increasing in the posterior sd, and the sd never exceeds the prior sd, so
-   acq(mu(x), sqrt(s2)) * p_feasible(x) bounds the acquisition at every grid point. The `candidates`
-   points with the highest bound get their exact posterior variance; the proposal is the best of
-   them, exact over the whole grid whenever the best exact value beats every other point's bound
-   (logged at debug level when it does not).
-3. Pending trials (batch rule `kriging_believer`): each pending point is treated as observed at its
-   posterior mean. That leaves the mean unchanged and shrinks the variance by a rank-one term,
-   var(x) -= c(x, p)^2 / (c(p, p) + s2_n), with c the current posterior covariance, so the next
-   proposal moves away from running trials. With `exclude` pending points are only masked.
-Evaluated, failed and pending grid points are never proposed again.
+Model proposals. On every completed trial (once in the model phase) the GP hyper-parameters are
+refitted and a candidate set of M points with exact posterior mean and variance is built:
+1. Exhaustive (space size <= `exhaustive_limit`; the paper's 470,400): the posterior mean of every
+   configuration is computed in two matrix products (grid.py), with the feasibility estimate
+   (feasibility.py) when trials have failed. The acquisition is increasing in the posterior sd and
+   the sd never exceeds the prior sd, so acq(mu(x), sqrt(s2)) * p_feasible(x) bounds it at every
+   point; the `candidates` points of highest bound get their exact variance, and the proposal is
+   exact over the whole space whenever the best exact value beats every other point's bound.
+2. Larger spaces: quasi-random points, perturbations of the best trials and of the pending ones
+   (candidates.py), the `candidates` best of them by the same bound, then a coordinate local search
+   of the acquisition from the best few.
+`suggest` then only applies the batch rule to the pending trials (batch.py) and takes the argmax.
 
-Reproducibility: warm-up draws use the persisted `numpy.random.Generator`; the hyper-parameter fit
-draws its restarts from a generator seeded by (seed, number of observations), and its warm start
-is the persisted previous optimum, so a restored searcher rebuilds exactly the same model.
+Reproducibility: warm-up draws and Thompson draws use the persisted `numpy.random.Generator`; the
+hyper-parameter fit and the candidate set draw from generators seeded by (seed, number of trials),
+and the fit's warm start is the persisted previous optimum, so a restored searcher rebuilds exactly
+the same model.
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ from typing import Any
 import numpy as np
 
 from searchers.acquisition import log_expected_improvement, log_probability_of_improvement
+from searchers.batch import (
+    BelieverUpdates,
+    ThompsonSampler,
+    lipschitz_estimate,
+    log_local_penalty,
+)
+from searchers.candidates import (
+    coordinate_neighbours,
+    distinct_rows,
+    perturbed_rows,
+    quasi_random_rows,
+)
+from searchers.errors import SearcherStateError
 from searchers.feasibility import choose_bandwidth, log_feasibility
 from searchers.gp import (
     CholeskyFailure,
@@ -49,50 +63,44 @@ from searchers.gp import (
 )
 from searchers.grid import ProductGrid, grid_sums, table_rows
 from searchers.settings import SearchSettings
-from searchers.space import SearchSpace, flatten, unflatten
+from searchers.space import Row, SearchSpace, flatten, unflatten
 from searchers.warping import OutputTransform, fit_output_transform
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _MIN_OBSERVATIONS = 2  # a GP on fewer successful trials carries no information on length scales
-_POOL = 8  # bounds are evaluated on this many times `candidates` lowest-mean points
-
-
-@dataclass(eq=False)
-class _PendingUpdates:
-    """Rank-one variance updates of the candidates, one per pending point (kriging believer)."""
-
-    points: list[int] = field(default_factory=list)  # flat indices, in the order applied
-    whitened: list[np.ndarray] = field(default_factory=list)  # v_p = L \ k(X, p), (n,) each
-    scales: list[float] = field(default_factory=list)  # sqrt(c(p, p) + s2_n)
-    factors: list[np.ndarray] = field(default_factory=list)  # u_l(p_k) for l < k
-    columns: list[np.ndarray] = field(default_factory=list)  # u_k(candidates), (M,) each
+_POOL = 8  # exhaustive: bounds are evaluated on this many times `candidates` lowest-mean points
+_BEST_CENTRES = 4  # larger spaces: perturbations around this many best trials
+_PERTURBATION_STEP = 0.5  # sd of a perturbation, in length scales (capped at 1/4 of the range)
+_LIPSCHITZ_POINTS = 256  # local penalisation: slopes measured among this many best candidates
 
 
 @dataclass(eq=False)
 class _Model:
     """Everything derived from (observations, failures, hyper-parameters); rebuilt, never saved."""
 
-    n_observed: int
-    n_failed: int
     posterior: GPPosterior
     transform: OutputTransform
     best: float  # best transformed loss
     train_values: np.ndarray  # (n, D) value indices of the GP's inputs
-    grid_mean: np.ndarray  # (N,)
-    grid_log_feasibility: np.ndarray | None  # (N,)
-    candidates: np.ndarray  # (M,) flat indices
-    candidate_values: np.ndarray  # (M, D) value indices
-    candidate_whitened: np.ndarray  # (n, M) L \ k(X, candidates)
-    candidate_variance: np.ndarray  # (M,), shrunk by the pending updates
+    train_tables: list[np.ndarray]  # kappa(values_d, train_d), (V_d, n) each
+    rows: np.ndarray  # (M, D) candidates
+    mean: np.ndarray  # (M,)
+    log_feasibility: np.ndarray | None  # (M,)
+    whitened: np.ndarray  # (n, M) L \ k(X, candidates)
+    variance: np.ndarray  # (M,) given the completed trials
     outside_bound: float  # highest acquisition bound among non-candidates (-inf if none)
-    train_tables: list[np.ndarray] = field(default_factory=list)  # kappa(values_d, train_d)
-    pending: _PendingUpdates = field(default_factory=_PendingUpdates)
+    index: dict[Row, int] = field(default_factory=dict)  # row -> candidate position
+    believer: BelieverUpdates = field(default_factory=BelieverUpdates)
+    believer_variance: np.ndarray | None = None  # (M,) variance shrunk by the pending points
+    thompson: ThompsonSampler | None = None
+    lipschitz: float = 1.0
+    pending_moments: dict[Row, tuple[float, float]] = field(default_factory=dict)
 
 
 class GPSearchCore:
-    """Proposals over a finite grid for a loss to minimise; see the module docstring."""
+    """Proposals over a search space for a loss to minimise; see the module docstring."""
 
     def __init__(self, space: SearchSpace, settings: SearchSettings, seed: int | None = None,
                  points_to_evaluate: list[Mapping[str, Any]] | None = None) -> None:
@@ -102,27 +110,34 @@ class GPSearchCore:
         self._rng = np.random.Generator(np.random.PCG64(self._entropy))
         self._queue: list[dict[str, Any]] = [dict(p) for p in points_to_evaluate or []]
         for point in self._queue:
-            space.index_of(point)  # validate now, not when the trial is due
+            space.row_of(point)  # validate now, not when the trial is due
         self._warmup_issued = 0
         self._model_proposals = 0
-        self._observed: list[int] = []
+        self._observed: list[Row] = []
         self._values: list[float] = []
-        self._failed: list[int] = []
-        self._pending: dict[str, int] = {}
+        self._failed: list[Row] = []
+        self._pending: dict[str, Row] = {}
         self._params: GPHyperparameters | None = None
         self._params_observations = -1
         self._init_caches()
         self.last_source = ""  # "point", "warmup", "random" or "model": how the last was chosen
 
     def _init_caches(self) -> None:
-        self._grid = ProductGrid.for_shape(self.space.shape)
-        self._used = np.zeros(self.space.size, dtype=bool)
-        self._used[self._observed + self._failed + list(self._pending.values())] = True
+        self._exhaustive = self.space.size <= self.settings.exhaustive_limit
+        self._grid = ProductGrid.for_shape(self.space.shape) if self._exhaustive else None
+        self._used: set[Row] = set(self._observed) | set(self._failed) | set(
+            self._pending.values())
+        self._used_mask = None
+        if self._exhaustive:
+            self._used_mask = np.zeros(self.space.size, dtype=bool)
+            if self._used:
+                self._used_mask[np.ravel_multi_index(np.array(list(self._used)).T,
+                                                     self.space.shape)] = True
         self._model: _Model | None = None
 
     # ---- the protocol -------------------------------------------------------------------
     @property
-    def pending(self) -> dict[str, int]:
+    def pending(self) -> dict[str, Row]:
         return dict(self._pending)
 
     @property
@@ -133,18 +148,25 @@ class GPSearchCore:
     def n_failed(self) -> int:
         return len(self._failed)
 
+    def pending_cap(self) -> int | None:
+        """Most trials that may be pending now (`pending_fraction` of the remaining budget)."""
+        if not self.settings.pending_fraction or self.settings.budget is None:
+            return None
+        remaining = self.settings.budget - self.n_observed - self.n_failed
+        return max(1, int(self.settings.pending_fraction * remaining))
+
     def propose(self, trial_id: str) -> dict[str, Any] | None:
-        """A config for `trial_id`, or None when every grid point has been used."""
+        """A config for `trial_id`, or None when every configuration has been used."""
         with single_threaded_blas():
             return self._propose(trial_id)
 
     def _propose(self, trial_id: str) -> dict[str, Any] | None:
         if self._queue:  # the user's values verbatim, completed with the space's constants
             point = self._queue.pop(0)
-            flat = self.space.index_of(point)
-            self._mark_pending(trial_id, flat, "point")
-            return unflatten({**flatten(self.space.config(flat)), **flatten(point)})
-        if self._used.all():
+            row = self.space.row_of(point)
+            self._mark_pending(trial_id, row, "point")
+            return unflatten({**flatten(self.space.row_config(row)), **flatten(point)})
+        if len(self._used) >= self.space.size:
             return None
         if self._warmup_issued < self.settings.warmup_trials:
             self._warmup_issued += 1
@@ -160,23 +182,26 @@ class GPSearchCore:
     def complete(self, trial_id: str, value: float | None,
                  config: Mapping[str, Any] | None = None) -> None:
         """Record a finished trial; `value` None (or non-finite) means it failed."""
-        flat = self._pending.pop(trial_id, None)
-        if flat is None and config is not None:
-            flat = self._index_or_none(config)
-        if flat is None:
+        row = self._pending.pop(trial_id, None)
+        if row is None and config is not None:
+            row = self._row_or_none(config)
+        if row is None:
             logger.debug("ignoring the result of unknown trial %s (no config to place it)",
                          trial_id)
             return
-        self._used[flat] = True
+        self._mark_used(row)
         if value is None or not math.isfinite(value):
-            self._failed.append(flat)
+            self._failed.append(row)
         else:
-            self._observed.append(flat)
+            self._observed.append(row)
             self._values.append(float(value))
         self._model = None
         if self._in_model_phase():
             with single_threaded_blas():
-                self._ensure_model()
+                try:
+                    self._ensure_model()
+                except CholeskyFailure as err:
+                    logger.warning("GP model unavailable, proposing at random: %s", err)
 
     # ---- state ---------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -190,16 +215,20 @@ class GPSearchCore:
             "queue": list(self._queue),
             "warmup_issued": self._warmup_issued,
             "model_proposals": self._model_proposals,
-            "observed": list(self._observed),
+            "observed": [list(r) for r in self._observed],
             "values": list(self._values),
-            "failed": list(self._failed),
-            "pending": list(self._pending.items()),
+            "failed": [list(r) for r in self._failed],
+            "pending": [(t, list(r)) for t, r in self._pending.items()],
             "params": None if self._params is None else self._params.to_log_vector().tolist(),
             "params_observations": self._params_observations,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> GPSearchCore:
+        if state.get("version") != STATE_VERSION:
+            raise SearcherStateError(
+                f"searcher state version must be {STATE_VERSION}; got {state.get('version')!r}. "
+                "Restore it with the release that saved it, or start a new search.")
         core = cls.__new__(cls)
         core.space = SearchSpace.from_dict(state["space"])
         core.settings = state["settings"]
@@ -209,10 +238,10 @@ class GPSearchCore:
         core._queue = list(state["queue"])
         core._warmup_issued = int(state["warmup_issued"])
         core._model_proposals = int(state["model_proposals"])
-        core._observed = [int(i) for i in state["observed"]]
+        core._observed = [tuple(int(i) for i in r) for r in state["observed"]]
         core._values = [float(v) for v in state["values"]]
-        core._failed = [int(i) for i in state["failed"]]
-        core._pending = {str(t): int(i) for t, i in state["pending"]}
+        core._failed = [tuple(int(i) for i in r) for r in state["failed"]]
+        core._pending = {str(t): tuple(int(i) for i in r) for t, r in state["pending"]}
         params = state["params"]
         core._params = None if params is None else GPHyperparameters.from_log_vector(
             np.asarray(params))
@@ -222,54 +251,87 @@ class GPSearchCore:
         return core
 
     # ---- proposals -----------------------------------------------------------------------
-    def _issue(self, trial_id: str, flat: int, source: str) -> dict[str, Any]:
-        self._mark_pending(trial_id, flat, source)
-        return self.space.config(flat)
+    def _issue(self, trial_id: str, row: Row, source: str) -> dict[str, Any]:
+        self._mark_pending(trial_id, row, source)
+        return self.space.row_config(row)
 
-    def _mark_pending(self, trial_id: str, flat: int, source: str) -> None:
-        self._pending[trial_id] = flat
-        self._used[flat] = True
+    def _mark_pending(self, trial_id: str, row: Row, source: str) -> None:
+        self._pending[trial_id] = row
+        self._mark_used(row)
         self.last_source = source
 
-    def _random_free(self) -> int:
-        for _ in range(32):  # rejection sampling is O(1) while the grid is mostly free
-            flat = int(self._rng.integers(self.space.size))
-            if not self._used[flat]:
-                return flat
-        free = np.flatnonzero(~self._used)
-        return int(free[self._rng.integers(len(free))])
+    def _mark_used(self, row: Row) -> None:
+        self._used.add(row)
+        if self._used_mask is not None:
+            self._used_mask[np.ravel_multi_index(row, self.space.shape)] = True
+
+    def _random_free(self) -> Row:
+        shape = np.asarray(self.space.shape)
+        for _ in range(32):  # rejection sampling is O(1) while the space is mostly free
+            row = tuple(int(i) for i in self._rng.integers(shape))
+            if row not in self._used:
+                return row
+        if self._used_mask is None:  # >1M configurations, 32 draws all used: practically never
+            raise RuntimeError("no free configuration found in 32 random draws")
+        free = np.flatnonzero(~self._used_mask)
+        flat = int(free[self._rng.integers(len(free))])
+        return tuple(int(i) for i in np.unravel_index(flat, self.space.shape))
 
     def _in_model_phase(self) -> bool:
         return (not self._queue and self._warmup_issued >= self.settings.warmup_trials
                 and len(self._values) >= _MIN_OBSERVATIONS)
 
-    def _index_or_none(self, config: Mapping[str, Any]) -> int | None:
+    def _row_or_none(self, config: Mapping[str, Any]) -> Row | None:
         try:
-            return self.space.index_of(config)
+            return self.space.row_of(config)
         except (ValueError, TypeError) as err:
             logger.debug("result config does not fit the search space: %s", err)
             return None
 
-    def _model_choice(self) -> int | None:
+    def _model_choice(self) -> Row | None:
         try:
             model = self._ensure_model()
         except CholeskyFailure as err:
             logger.warning("GP model unavailable, proposing at random: %s", err)
             return None
-        if self.settings.batch_rule == "kriging_believer":
-            self._apply_pending(model)
-        log_acq = self._log_acquisition(model, model.grid_mean[model.candidates],
-                                        np.sqrt(model.candidate_variance), self._model_proposals)
-        if model.grid_log_feasibility is not None:
-            log_acq = log_acq + model.grid_log_feasibility[model.candidates]
-        log_acq[self._used[model.candidates]] = -np.inf
+        if len(model.rows) == 0:
+            return None
+        log_acq = self._batch_scores(model)
+        if model.log_feasibility is not None:
+            log_acq = log_acq + model.log_feasibility
+        used = np.fromiter((tuple(r) in self._used for r in model.rows.tolist()), bool,
+                           len(model.rows))
+        log_acq[used] = -np.inf
+        if self.settings.min_sd_fraction:
+            variance = self._believer_variance(model)
+            floor = (self.settings.min_sd_fraction ** 2) * model.posterior.params.signal_variance
+            log_acq[variance < floor] = -np.inf
         best = int(np.argmax(log_acq))
         if not np.isfinite(log_acq[best]):
             return None
         if log_acq[best] < model.outside_bound:
-            logger.debug("proposal not certified over the whole grid: best %.3g < bound %.3g",
+            logger.debug("proposal not certified over the whole space: best %.3g < bound %.3g",
                          log_acq[best], model.outside_bound)
-        return int(model.candidates[best])
+        return tuple(int(i) for i in model.rows[best])
+
+    def _batch_scores(self, model: _Model) -> np.ndarray:
+        """The (log) quantity maximised over the candidates, given the pending trials (M,)."""
+        rule = self.settings.batch_rule
+        if rule == "mix":
+            rule = ("kriging_believer" if len(self._pending) < self.settings.mix_switch
+                    else "thompson")
+        if rule == "thompson" and model.thompson is not None:
+            scores = np.full(len(model.rows), -np.inf)
+            scores[model.thompson.positions] = -model.thompson.draw(self._rng)
+            return scores
+        variance = self._believer_variance(model) if rule == "kriging_believer" else (
+            model.variance)
+        log_acq = self._log_acquisition(model, model.mean, np.sqrt(variance),
+                                        self._model_proposals)
+        if rule == "local_penalty":
+            for row in self._pending.values():
+                log_acq = log_acq + self._log_penalty(model, row)
+        return log_acq
 
     def _target(self, model: _Model, proposal: int) -> float:
         """The PI target of model proposal number `proposal`, in transformed units.
@@ -296,7 +358,7 @@ class GPSearchCore:
         values = np.array(self._values)
         transform = fit_output_transform(values, self.settings.output_transform)
         kernel = self.settings.kernel
-        observed = self.space.unravel(np.array(self._observed))  # (n, D)
+        observed = np.array(self._observed, dtype=np.int64)  # (n, D)
         if self._params_observations != len(values) or self._params is None:
             # hyper-parameters from the successes only: imputed failures would add a cliff
             # that shrinks every length scale
@@ -309,20 +371,37 @@ class GPSearchCore:
         train, y = observed, transform(values)
         if self.settings.impute_failures and self._failed:
             # a failed trial counts as the worst loss seen: the mean rises over a failing region
-            train = np.concatenate([observed, self.space.unravel(np.array(self._failed))])
+            train = np.concatenate([observed, np.array(self._failed, dtype=np.int64)])
             y = np.concatenate([y, np.full(len(self._failed), y.max())])
         posterior = GPPosterior.condition(self._pair_distances(train), y, self._params, kernel)
-        grid_mean, grid_log_feasibility = self._score_grid(posterior, train)
-        return self._select_candidates(posterior, transform, float(y[:len(values)].min()),
-                                       train, grid_mean, grid_log_feasibility)
+        model = _Model(posterior, transform, float(y[:len(values)].min()), train,
+                       self._tables(self._params, train), *self._empty_candidates(len(train)))
+        if self._exhaustive:
+            self._grid_candidates(model)
+        else:
+            self._sampled_candidates(model)
+        self._prepare_batch_rule(model)
+        return model
+
+    def _empty_candidates(self, n: int) -> tuple[Any, ...]:
+        dims = len(self.space.shape)
+        return (np.empty((0, dims), dtype=np.int64), np.empty(0), None, np.empty((n, 0)),
+                np.empty(0), -np.inf)
 
     def _pair_distances(self, points: np.ndarray) -> PairDistances:
-        """(n, D) value indices -> their pairwise distances, coded by value pair (V_d^2 each)."""
-        values, codes = [], np.empty((points.shape[1], len(points), len(points)), dtype=np.int64)
+        """(n, D) value indices -> their pairwise distances, coded by distinct value pair."""
+        n = len(points)
+        values, codes = [], np.empty((points.shape[1], n, n), dtype=np.int64)
         for d, dim in enumerate(self.space.dimensions):
-            every = np.arange(dim.size)
-            values.append(dim.sqdist(every[:, None], every[None, :]).ravel())
-            codes[d] = points[:, d][:, None] * dim.size + points[:, d][None, :]
+            if dim.size**2 <= n * n:  # few values: code every value pair, no sorting
+                every = np.arange(dim.size)
+                values.append(dim.sqdist(every[:, None], every[None, :]).ravel())
+                codes[d] = points[:, d][:, None] * dim.size + points[:, d][None, :]
+            else:  # fine continuous resolution: only the pairs present
+                plane = dim.sqdist(points[:, d][:, None], points[:, d][None, :])
+                unique, inverse = np.unique(plane, return_inverse=True)
+                values.append(unique)
+                codes[d] = inverse.reshape(n, n)
         return PairDistances(tuple(values), codes)
 
     def _tables(self, params: GPHyperparameters, points: np.ndarray) -> list[np.ndarray]:
@@ -333,18 +412,18 @@ class GPSearchCore:
             tables.append(correlation(sq / params.length_scales[d] ** 2, self.settings.kernel))
         return tables
 
-    def _score_grid(self, posterior: GPPosterior,
-                    train: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Posterior mean (N,) of every grid point, and log p_feasible (N,) if trials failed.
+    def _cross(self, model: _Model, rows: np.ndarray) -> np.ndarray:
+        """(n, m) prior covariance between the GP's inputs and `rows` (m, D)."""
+        params = model.posterior.params
+        return params.signal_variance * table_rows(model.train_tables, rows,
+                                                   len(model.train_values)).T
 
-        train: (n, D) the GP's inputs: the successful trials, then any imputed failures.
-        """
-        params = posterior.params
-        sums = grid_sums(self._grid, self._tables(params, train),
-                         (params.signal_variance * posterior.alpha)[:, None])
+    def _feasibility_tables(self, model: _Model) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """Correlation tables of the chosen feasibility bandwidth over all trials, and weights."""
         if not (self.settings.feasibility and self._failed):
-            return sums[:, 0], None
-        trials = self.space.unravel(np.array(self._observed + self._failed))  # (t, D)
+            return None
+        params = model.posterior.params
+        trials = np.array(self._observed + self._failed, dtype=np.int64)  # (t, D)
         succeeded = np.arange(len(trials)) < len(self._observed)
         feasibility = self.settings.feasibility_model
         scaled = [replace(params, length_scales=tuple(c * np.asarray(params.length_scales)))
@@ -353,109 +432,189 @@ class GPSearchCore:
                           for p in scaled])  # (B, t, t)
         chosen = scaled[choose_bandwidth(pairs, succeeded, feasibility)]
         weights = np.stack([succeeded, np.ones(len(trials))], axis=1).astype(float)
-        counts = grid_sums(self._grid, self._tables(chosen, trials), weights)  # (N, 2)
-        return sums[:, 0], log_feasibility(counts, feasibility)
+        return self._tables(chosen, trials), weights
 
-    def _select_candidates(self, posterior: GPPosterior, transform: OutputTransform,
-                           best: float, train: np.ndarray, grid_mean: np.ndarray,
-                           grid_log_feasibility: np.ndarray | None) -> _Model:
-        params = posterior.params
-        model = _Model(len(self._values), len(self._failed), posterior, transform,
-                       best, train, grid_mean, grid_log_feasibility,
-                       candidates=np.empty(0, dtype=np.int64),
-                       candidate_values=np.empty((0, len(self.space.shape)), dtype=np.int64),
-                       candidate_whitened=np.empty((len(train), 0)),
-                       candidate_variance=np.empty(0), outside_bound=-np.inf)
-        model.train_tables = self._tables(params, train)
-        chosen, model.outside_bound = self._top_bounds(model)
-        if len(chosen) == 0:
-            return model
-        model.candidates = chosen
-        model.candidate_values = self.space.unravel(chosen)
-        cross = params.signal_variance * table_rows(
-            model.train_tables, model.candidate_values, len(train)).T  # (n, M)
-        model.candidate_whitened = posterior.whiten(cross)
-        model.candidate_variance = np.maximum(
-            params.signal_variance - np.einsum("ij,ij->j", model.candidate_whitened,
-                                               model.candidate_whitened), 0.0)
-        return model
-
-    def _top_bounds(self, model: _Model) -> tuple[np.ndarray, float]:
-        """The `candidates` free grid points of highest bound, and the best bound left out.
-
-        The bound at the prior sd is a decreasing function of the mean alone, times
-        p_feasible <= 1, so it is evaluated only on the `_POOL` x `candidates` free points of
-        lowest mean: every other point's bound is at most the bound at the pool's highest mean.
-        """
-        free_mean = model.grid_mean.copy()
-        free_mean[self._observed + self._failed] = np.inf
+    def _grid_candidates(self, model: _Model) -> None:
+        """Exhaustive: mean of every configuration, the `candidates` best bounds kept."""
+        params = model.posterior.params
+        grid_mean = grid_sums(self._grid, model.train_tables,
+                              (params.signal_variance * model.posterior.alpha)[:, None])[:, 0]
+        feasibility = self._feasibility_tables(model)
+        grid_log_feasibility = None
+        if feasibility is not None:
+            counts = grid_sums(self._grid, *feasibility)  # (N, 2)
+            grid_log_feasibility = log_feasibility(counts, self.settings.feasibility_model)
+        free_mean = grid_mean.copy()
+        free_mean[self._used_mask] = np.inf
         n_free = int(np.isfinite(free_mean).sum())
         pool_size = min(_POOL * self.settings.candidates, n_free)
         if pool_size == 0:
-            return np.empty(0, dtype=np.int64), -np.inf
+            return
         pool = np.argpartition(free_mean, pool_size - 1)[:pool_size]
-        bound = self._bound(model, pool)
-        count = min(self.settings.candidates, pool_size)
-        top = np.argpartition(-bound, count - 1)[:count]
-        rest = np.ones(pool_size, dtype=bool)
-        rest[top] = False
-        outside = float(bound[rest].max()) if rest.any() else -np.inf
-        if pool_size < n_free:
+        pool_feasibility = None if grid_log_feasibility is None else grid_log_feasibility[pool]
+        chosen, outside = self._top_bounds(model, grid_mean[pool], pool_feasibility)
+        if pool_size < n_free:  # every point outside the pool has a higher mean
             threshold = np.array([free_mean[pool].max()])
-            outside = max(outside, float(self._bound(model, None, threshold)[0]))
-        return np.sort(pool[top]), outside
+            outside = max(outside, float(self._bound(model, threshold, None)[0]))
+        chosen = np.sort(pool[chosen])
+        self._set_candidates(model, self.space.unravel(chosen), grid_mean[chosen],
+                             None if grid_log_feasibility is None
+                             else grid_log_feasibility[chosen], outside)
 
-    def _bound(self, model: _Model, points: np.ndarray | None,
-               mean: np.ndarray | None = None) -> np.ndarray:
-        """Upper bound of the (log) acquisition at grid `points`: its value at the prior sd.
+    def _sampled_candidates(self, model: _Model) -> None:
+        """Larger spaces: quasi-random + perturbed points, best bounds kept, then local search."""
+        settings = self.settings
+        rng = np.random.default_rng([self._entropy, len(self._observed), len(self._failed), 1])
+        order = np.argsort(self._values)[:_BEST_CENTRES]
+        best = np.array([self._observed[i] for i in order], dtype=np.int64)
+        pending = np.array(list(self._pending.values()), dtype=np.int64)
+        step = np.minimum(_PERTURBATION_STEP * np.asarray(model.posterior.params.length_scales),
+                          0.25)
+        dims = self.space.dimensions
+        pool = np.concatenate([
+            quasi_random_rows(self.space.shape, settings.random_candidates, rng),
+            perturbed_rows(best, dims, settings.perturbations, step, rng),
+            perturbed_rows(pending, dims, settings.pending_perturbations, step, rng)])
+        pool = distinct_rows(pool, self._used)
+        if len(pool) == 0:
+            return
+        mean, feasibility = self._mean_and_feasibility(model, pool)
+        chosen, outside = self._top_bounds(model, mean, feasibility)
+        self._set_candidates(model, pool[chosen], mean[chosen],
+                             None if feasibility is None else feasibility[chosen], outside)
+        self._local_search(model)
 
-        With `points` None, the bound for the given `mean` values without feasibility.
-        """
+    def _mean_and_feasibility(self, model: _Model,
+                              rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Posterior mean (m,) and log p_feasible (m,) or None at `rows` (m, D)."""
+        mean = self._cross(model, rows).T @ model.posterior.alpha
+        feasibility = self._feasibility_tables(model)
+        if feasibility is None:
+            return mean, None
+        tables, weights = feasibility
+        counts = table_rows(tables, rows, len(weights)) @ weights  # (m, 2)
+        return mean, log_feasibility(counts, self.settings.feasibility_model)
+
+    def _top_bounds(self, model: _Model, mean: np.ndarray,
+                    feasibility: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """Positions of the `candidates` highest bounds among m points, and the best left out."""
+        bound = self._bound(model, mean, feasibility)
+        count = min(self.settings.candidates, len(bound))
+        top = np.argpartition(-bound, count - 1)[:count]
+        rest = np.ones(len(bound), dtype=bool)
+        rest[top] = False
+        return top, float(bound[rest].max()) if rest.any() else -np.inf
+
+    def _bound(self, model: _Model, mean: np.ndarray,
+               feasibility: np.ndarray | None) -> np.ndarray:
+        """Upper bound of the (log) acquisition given the mean: its value at the prior sd."""
         prior_sd = math.sqrt(model.posterior.params.signal_variance)
-        mean = model.grid_mean[points] if mean is None else mean
         proposals = range(len(self.settings.targets) if self.settings.acquisition == "pi" else 1)
         # every target's best points compete for the candidate slots
         bound = np.max(np.stack([self._log_acquisition(model, mean, prior_sd, k)
                                  for k in proposals]), axis=0)
-        if points is not None and model.grid_log_feasibility is not None:
-            bound = bound + model.grid_log_feasibility[points]
-        return bound
+        return bound if feasibility is None else bound + feasibility
 
-    def _apply_pending(self, model: _Model) -> None:
-        updates = model.pending
-        for flat in self._pending.values():
-            if flat not in updates.points and flat not in self._observed:
-                self._add_pending_update(model, flat)
+    def _set_candidates(self, model: _Model, rows: np.ndarray, mean: np.ndarray,
+                        feasibility: np.ndarray | None, outside: float) -> None:
+        whitened = model.posterior.whiten(self._cross(model, rows))
+        variance = np.maximum(model.posterior.params.signal_variance
+                              - np.einsum("ij,ij->j", whitened, whitened), 0.0)
+        model.rows, model.mean, model.log_feasibility = rows, mean, feasibility
+        model.whitened, model.variance, model.outside_bound = whitened, variance, outside
+        model.index = {tuple(r): i for i, r in enumerate(rows.tolist())}
 
-    def _add_pending_update(self, model: _Model, flat: int) -> None:
-        """One kriging-believer step: candidates' variance -= c(x, p)^2 / (c(p, p) + s2_n)."""
-        params, posterior = model.posterior.params, model.posterior
-        updates = model.pending
-        point = self.space.unravel(np.array([flat]))  # (1, D)
-        n = len(model.train_values)
-        cross = params.signal_variance * table_rows(model.train_tables,
-                                                    point, n).T  # (n, 1)
-        whitened = posterior.whiten(cross)[:, 0]
-        to_candidates = params.signal_variance * table_rows(
-            self._tables(params, point), model.candidate_values, 1)[:, 0]
-        covariance = to_candidates - model.candidate_whitened.T @ whitened  # (M,)
-        self_covariance = params.signal_variance - whitened @ whitened
-        factors = np.empty(len(updates.points))
-        if updates.points:
-            earlier = self.space.unravel(np.array(updates.points))
-            to_earlier = params.signal_variance * table_rows(self._tables(params, point),
-                                                             earlier, 1)[:, 0]
-            for k, (w, s, f) in enumerate(zip(updates.whitened, updates.scales, updates.factors,
-                                              strict=True)):
-                factors[k] = (to_earlier[k] - whitened @ w - factors[:k] @ f) / s
-            covariance -= np.stack(updates.columns, axis=1) @ factors
-            self_covariance -= factors @ factors
-        scale = math.sqrt(max(self_covariance, 0.0) + params.noise_variance)
-        column = covariance / scale
-        model.candidate_variance = np.maximum(model.candidate_variance - column**2, 0.0)
-        updates.points.append(flat)
-        updates.whitened.append(whitened)
-        updates.scales.append(scale)
-        updates.factors.append(factors)
-        updates.columns.append(column)
+    def _local_search(self, model: _Model) -> None:
+        """Coordinate ascent of the acquisition from the best candidates; visited points join."""
+        def score(mean: np.ndarray, variance: np.ndarray, feas: np.ndarray | None) -> np.ndarray:
+            out = self._log_acquisition(model, mean, np.sqrt(variance), self._model_proposals)
+            return out if feas is None else out + feas
 
+        current = score(model.mean, model.variance, model.log_feasibility)
+        extra: list[tuple[np.ndarray, ...]] = []
+        seen = set(model.index) | self._used
+        for start in np.argsort(-current)[:self.settings.local_starts]:
+            row, value = model.rows[start], current[start]
+            for _ in range(self.settings.local_steps):
+                moves = distinct_rows(coordinate_neighbours(row, self.space.dimensions), seen)
+                if len(moves) == 0:
+                    break
+                seen.update(map(tuple, moves.tolist()))
+                mean, feas = self._mean_and_feasibility(model, moves)
+                _, variance = model.posterior.predict(self._cross(model, moves))
+                values = score(mean, variance, feas)
+                extra.append((moves, mean, feas))
+                best = int(np.argmax(values))
+                if values[best] <= value:
+                    break
+                row, value = moves[best], values[best]
+        if extra:
+            rows = np.concatenate([model.rows, *(e[0] for e in extra)])
+            mean = np.concatenate([model.mean, *(e[1] for e in extra)])
+            feas = None if model.log_feasibility is None else np.concatenate(
+                [model.log_feasibility, *(e[2] for e in extra)])
+            self._set_candidates(model, rows, mean, feas, model.outside_bound)
+
+    # ---- batch rules ---------------------------------------------------------------------
+    def _prepare_batch_rule(self, model: _Model) -> None:
+        rule = self.settings.batch_rule
+        if rule in ("thompson", "mix") and len(model.rows):
+            self._build_thompson(model)
+        if rule == "local_penalty" and len(model.rows):
+            top = np.argsort(-self._log_acquisition(model, model.mean, np.sqrt(model.variance),
+                                                    0))[:_LIPSCHITZ_POINTS]
+            model.lipschitz = lipschitz_estimate(model.mean[top], self._scaled(model,
+                                                                              model.rows[top]))
+
+    def _build_thompson(self, model: _Model) -> None:
+        log_acq = self._log_acquisition(model, model.mean, np.sqrt(model.variance), 0)
+        if model.log_feasibility is not None:
+            log_acq = log_acq + model.log_feasibility
+        positions = np.sort(np.argsort(-log_acq)[:self.settings.thompson_candidates])
+        rows = model.rows[positions]
+        params = model.posterior.params
+        prior = params.signal_variance * table_rows(self._tables(params, rows), rows, len(rows))
+        model.thompson = ThompsonSampler.build(positions, model.mean[positions], prior,
+                                               model.whitened[:, positions])
+
+    def _scaled(self, model: _Model, rows: np.ndarray) -> np.ndarray:
+        """(m, D) encoded coordinates over the length scales (categoricals: index / l)."""
+        scales = np.asarray(model.posterior.params.length_scales)
+        encoded = np.stack([dim.encoded[rows[:, d]] for d, dim in
+                            enumerate(self.space.dimensions)], axis=1)
+        return encoded / scales
+
+    def _believer_variance(self, model: _Model) -> np.ndarray:
+        """Candidates' variance with every pending point believed observed at its mean."""
+        if model.believer_variance is None:
+            model.believer_variance = model.variance.copy()
+        for row in self._pending.values():
+            if row not in model.believer.rows and row not in self._observed:
+                self._add_believer_update(model, row)
+        return model.believer_variance
+
+    def _add_believer_update(self, model: _Model, row: Row) -> None:
+        params, updates = model.posterior.params, model.believer
+        point = np.array([row], dtype=np.int64)  # (1, D)
+        whitened = model.posterior.whiten(self._cross(model, point))[:, 0]
+        tables = self._tables(params, point)
+        to_candidates = params.signal_variance * table_rows(tables, model.rows, 1)[:, 0]
+        to_earlier = params.signal_variance * table_rows(
+            tables, np.array(updates.rows, dtype=np.int64).reshape(-1, point.shape[1]), 1)[:, 0]
+        model.believer_variance = updates.add(
+            row, whitened, to_candidates, to_earlier, params.signal_variance,
+            params.noise_variance, model.whitened, model.believer_variance)
+
+    def _log_penalty(self, model: _Model, row: Row) -> np.ndarray:
+        """log phi(candidates; pending `row`) of local penalisation (batch.py)."""
+        if row not in model.pending_moments:
+            point = np.array([row], dtype=np.int64)
+            cross = self._cross(model, point)
+            mean, variance = model.posterior.predict(cross)
+            model.pending_moments[row] = (float(mean[0]), float(np.sqrt(variance[0])))
+        mean_p, sd_p = model.pending_moments[row]
+        scales = np.asarray(model.posterior.params.length_scales)
+        sq = np.zeros(len(model.rows))
+        for d, dim in enumerate(self.space.dimensions):
+            sq += dim.sqdist(model.rows[:, d], row[d]) / scales[d] ** 2
+        return log_local_penalty(np.sqrt(sq), mean_p, sd_p, model.best, model.lipschitz)

@@ -6,4 +6,8 @@ from mri_tune_core.errors import MriTuneError
 
 
 class SearchSpaceError(MriTuneError, ValueError):
-    """A search space or searcher setting that cannot work (empty domain, bad value)."""
+    """A search space or searcher setting that cannot work (sample_from, empty domain, ...)."""
+
+
+class SearcherStateError(MriTuneError, ValueError):
+    """A saved searcher state that this release cannot continue from."""

@@ -118,12 +118,6 @@ def _dlog_correlation(scaled: np.ndarray, kernel: Kernel) -> np.ndarray:
     return r * r / 3.0 * (1.0 + r) / (1.0 + r + r * r / 3.0)
 
 
-def kernel_matrix(sqdist: np.ndarray, params: GPHyperparameters, kernel: Kernel) -> np.ndarray:
-    """(D, n, m) per-dimension squared distances -> (n, m) noise-free covariance."""
-    scales = np.asarray(params.length_scales)[:, None, None] ** 2
-    return params.signal_variance * np.prod(correlation(sqdist / scales, kernel), axis=0)
-
-
 def stable_cholesky(matrix: np.ndarray, scale: float) -> np.ndarray:
     """Lower Cholesky factor, adding jitter (relative to `scale`) until it succeeds."""
     jitter = 0.0
@@ -152,16 +146,6 @@ class PairDistances:
 
     values: tuple[np.ndarray, ...]  # D arrays (U_d,)
     codes: np.ndarray  # (D, n, n) int
-
-    @classmethod
-    def from_sqdist(cls, sqdist: np.ndarray) -> PairDistances:
-        """(D, n, n) squared distances -> distinct values and codes."""
-        values, codes = [], np.empty(sqdist.shape, dtype=np.int64)
-        for d, plane in enumerate(sqdist):
-            unique, inverse = np.unique(plane, return_inverse=True)
-            values.append(unique)
-            codes[d] = inverse.reshape(plane.shape)
-        return cls(tuple(values), codes)
 
     @property
     def n(self) -> int:

@@ -1,14 +1,19 @@
 """The searcher's settings and its two named presets (no Ray import).
 
-`paper` reproduces Bertrand et al. (ISBI 2017; numbers in `mri_tune_core.paper`): random warm-up
+`paper` reproduces Bertrand et al. (ISBI 2017, numbers in `mri_tune_core.paper`): random warm-up
 trials, a GP with a Gaussian (RBF) kernel on standardised losses, probability of improvement for
-two targets (the best loss and a 25% improvement on it), successive proposals alternating them.
-Pending trials are only excluded from the grid; failures are only excluded (the paper had none).
+two targets (the best loss and a 25% improvement on it), successive proposals alternating the
+targets. Pending trials are only excluded; failures are only excluded (the paper had none).
 
-`default` is the variant that measured best on benchmarks/searchers.py (see
+`default` is the variant that measured best on the tuning half of benchmarks/searchers.py (see
 benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, log-warped losses, expected
-improvement, kriging believer over the pending trials, a feasibility estimate learned from failures,
-and 10 warm-up trials.
+improvement, kriging believer over the pending trials (better than local penalisation and Thompson
+sampling at 8 and 32 pending there), a feasibility estimate learned from failures, 10 warm-up
+trials; continuous domains at 64 points (space.DEFAULT_RESOLUTION), spaces of at most
+`exhaustive_limit` configurations scored whole, larger ones through a candidate set.
+
+Both presets are `SearchSettings` values; `GPSearch(preset=..., **overrides)` replaces fields, and
+`warmup_trials=None` (the default) keeps the preset's own warm-up (10, or the paper's 47).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from searchers.space import SpaceSettings
 from searchers.warping import OutputTransformName
 
 Acquisition = Literal["pi", "ei"]
-BatchRule = Literal["exclude", "kriging_believer"]
+BatchRule = Literal["exclude", "kriging_believer", "local_penalty", "thompson", "mix"]
+BATCH_RULES: tuple[str, ...] = ("exclude", "kriging_believer", "local_penalty", "thompson", "mix")
 
 
 def _check(ok: bool, name: str, constraint: str, got: Any) -> None:
@@ -45,10 +51,21 @@ class SearchSettings:
     batch_rule: BatchRule = "kriging_believer"
     feasibility: bool = True  # multiply the acquisition by p_feasible (feasibility.py)
     impute_failures: bool = True  # a failed trial enters the GP at the worst loss seen
-    candidates: int = 4096  # grid points whose exact posterior variance is computed per refit
+    mix_switch: int = 4  # batch rule "mix": kriging believer below this many pending, then TS
+    thompson_candidates: int = 512  # top candidates sampled jointly by Thompson sampling
+    candidates: int = 4096  # points whose exact posterior variance is computed per refit
+    exhaustive_limit: int = 1_000_000  # spaces up to this size are scored whole (the paper: 470K)
+    random_candidates: int = 1024  # quasi-random candidates per refit of a larger space
+    perturbations: int = 128  # candidates around each of the best trials
+    pending_perturbations: int = 16  # candidates around each pending trial
+    local_starts: int = 2  # local searches of the acquisition from the best candidates
+    local_steps: int = 6  # coordinate moves per local search
+    min_sd_fraction: float = 0.0  # never propose where the posterior sd is below this x prior sd
+    pending_fraction: float = 0.0  # with `budget`: pending <= max(1, this x remaining); 0: off
+    budget: int | None = None  # total trials of the run, for `pending_fraction`
     fit: FitSettings = field(default_factory=FitSettings)
     feasibility_model: FeasibilitySettings = field(default_factory=FeasibilitySettings)
-    space: SpaceSettings = field(default_factory=SpaceSettings)
+    space_settings: SpaceSettings = field(default_factory=SpaceSettings)
 
     def __post_init__(self) -> None:
         _check(self.warmup_trials >= 0, "warmup_trials", "an int >= 0", self.warmup_trials)
@@ -60,8 +77,18 @@ class SearchSettings:
                self.acquisition)
         _check(self.output_transform in ("standardize", "log", "rank"), "output_transform",
                "'standardize', 'log' or 'rank'", self.output_transform)
-        _check(self.batch_rule in ("exclude", "kriging_believer"), "batch_rule",
-               "'exclude' or 'kriging_believer'", self.batch_rule)
+        _check(self.batch_rule in BATCH_RULES, "batch_rule", f"one of {BATCH_RULES}",
+               self.batch_rule)
+        for name in ("mix_switch", "thompson_candidates", "exhaustive_limit",
+                     "random_candidates", "perturbations", "pending_perturbations",
+                     "local_starts", "local_steps"):
+            _check(getattr(self, name) >= 0, name, "an int >= 0", getattr(self, name))
+        _check(0.0 <= self.min_sd_fraction < 1.0, "min_sd_fraction", "a float in [0, 1)",
+               self.min_sd_fraction)
+        _check(0.0 <= self.pending_fraction <= 1.0, "pending_fraction", "a float in [0, 1]",
+               self.pending_fraction)
+        _check(self.budget is None or self.budget >= 1, "budget", "None or an int >= 1",
+               self.budget)
 
 
 PRESETS: dict[str, SearchSettings] = {

@@ -1,7 +1,10 @@
-"""A Ray Tune param space as a finite grid of candidate configurations (no Ray import).
+"""A Ray Tune param space as a product of finite value lists (no Ray import).
 
-The GP searcher scores every configuration of a finite grid, so each Ray Tune domain becomes a
-finite, ordered tuple of values and an encoding of those values in [0, 1]:
+Each Ray Tune domain becomes a finite, ordered tuple of distinct values (its canonical values:
+after `q` rounding, integer casting and log grids) and an encoding of those values in [0, 1]. A
+configuration is identified by its value indices, one per dimension (a `Row`), so two proposals
+that the space would round to the same configuration are the same row. The searcher scores the
+whole product when it is small (core.py) and a candidate set otherwise (candidates.py).
 
 | domain | values | scale |
 |---|---|---|
@@ -11,11 +14,13 @@ finite, ordered tuple of values and an encoding of those values in [0, 1]:
 | `loguniform(a, b)` | `resolution` geometrically spaced points, ends included | log |
 | `quniform`, `qloguniform` | every multiple of q in [a, b] | linear / log |
 | `choice([...])` of numbers | the numbers, sorted | log if positive and geometric, else linear |
-| `choice([...])` of anything else | the categories as given | categorical |
+| `randn(m, s)`, `qrandn` | `resolution` points (multiples of q) in m +- 3 s | linear |
+| `choice([...])` of anything else | the distinct categories, in order | categorical |
 | a plain value | a constant, not a dimension | - |
 
-`grid_search` and `sample_from` are rejected: a grid search has no place in a model-based search
-and a function of other parameters cannot be enumerated. A domain with more than
+`grid_search` and `sample_from` are rejected, as Ray's Optuna and HyperOpt searchers reject them:
+a grid search has no place in a model-based search and a function of other parameters cannot be
+enumerated. A domain with more than
 `max_values_per_dimension` values is thinned to that many evenly spaced values (on its scale).
 
 Symbols (D dimensions, V_d values in dimension d, N = prod V_d configurations):
@@ -37,14 +42,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mri_tune_core.paper import TABLE1
 from searchers.errors import SearchSpaceError
 
 Scale = Literal["linear", "log", "categorical"]
+Row = tuple[int, ...]  # one value index per dimension: a configuration's canonical identity
 
-DEFAULT_RESOLUTION = 20  # points per continuous domain: 5% steps, finer than 50 trials resolve
+DEFAULT_RESOLUTION = 64  # points per continuous domain: 1.6% steps (measured: RESULTS_searchers.md)
 DEFAULT_MAX_VALUES = 1000  # values kept per dimension, so per-dimension tables stay small
-MAX_GRID_SIZE = 50_000_000  # the searcher keeps a few bytes per configuration
+_NORMAL_WIDTH = 3.0  # randn(m, s) is searched over m +- 3 s (99.7% of its mass)
 _SEP = "/"  # Ray's flattened-key separator for nested param spaces
 
 
@@ -131,14 +136,17 @@ class SearchSpace:
 
     def config(self, flat: int) -> dict[str, Any]:
         """The nested Ray config dict of grid point `flat`, with Python scalars."""
-        indices = self.unravel(np.array([flat]))[0]
+        return self.row_config(tuple(int(i) for i in self.unravel(np.array([flat]))[0]))
+
+    def row_config(self, row: Row) -> dict[str, Any]:
+        """The nested Ray config dict of the configuration with value indices `row`."""
         flat_config = dict(self.constants)
-        for dim, i in zip(self.dimensions, indices, strict=True):
+        for dim, i in zip(self.dimensions, row, strict=True):
             flat_config[dim.name] = _python_scalar(dim.values[int(i)])
         return unflatten(flat_config)
 
-    def index_of(self, config: Mapping[str, Any]) -> int:
-        """Flat index of the grid point nearest to `config` (nested or `a/b`-flattened keys)."""
+    def row_of(self, config: Mapping[str, Any]) -> Row:
+        """Value indices of the configuration nearest to `config` (nested or `a/b` keys)."""
         flat_config = flatten(config)
         missing = [d.name for d in self.dimensions if d.name not in flat_config]
         if missing:
@@ -146,8 +154,11 @@ class SearchSpace:
                 f"config lacks the searched parameters {missing}; every point must set all of "
                 f"{list(self.names)}. Got keys {sorted(flat_config)}."
             )
-        indices = [d.nearest(flat_config[d.name]) for d in self.dimensions]
-        return int(np.ravel_multi_index(indices, self.shape))
+        return tuple(d.nearest(flat_config[d.name]) for d in self.dimensions)
+
+    def index_of(self, config: Mapping[str, Any]) -> int:
+        """Flat grid index of the configuration nearest to `config` (small spaces only)."""
+        return int(np.ravel_multi_index(self.row_of(config), self.shape))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data definition (values and scales): enough to rebuild the grid exactly."""
@@ -189,21 +200,7 @@ def build_space(param_space: Mapping[str, Any],
             "the param space has no searchable domain (all entries are constants); add e.g. "
             "tune.choice or tune.randint entries."
         )
-    space = SearchSpace(dimensions=tuple(dims), constants=constants)
-    if space.size > MAX_GRID_SIZE:
-        raise SearchSpaceError(
-            f"the param space enumerates to {space.size:,} configurations, over the limit of "
-            f"{MAX_GRID_SIZE:,}; lower SpaceSettings.resolution (now {settings.resolution}) or "
-            "narrow the integer ranges."
-        )
-    return space
-
-
-def paper_space() -> dict[str, Any]:
-    """Table 1 of the paper (`mri_tune_core.paper.TABLE1`) as a Ray Tune param space."""
-    from ray import tune  # deferred: the searcher's math modules never import Ray
-
-    return {name: tune.choice(values) for name, values in TABLE1.items()}
+    return SearchSpace(dimensions=tuple(dims), constants=constants)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "",
@@ -238,21 +235,26 @@ def _domain_values(name: str, domain: Any,
     sampler = domain.get_sampler()
     quantum = getattr(sampler, "q", None)
     base = type(getattr(sampler, "sampler", sampler)).__name__.lstrip("_")
-    if base not in ("Uniform", "LogUniform"):
+    if base not in ("Uniform", "LogUniform", "Normal"):
         raise SearchSpaceError(
             f"'{name}' uses the {base} sampler, which has no finite range to enumerate; use a "
             "uniform or log-uniform domain with bounds."
         )
     scale: Scale = "log" if base == "LogUniform" else "linear"
+    lower, upper = domain.lower, domain.upper
+    if base == "Normal":
+        inner = getattr(sampler, "sampler", sampler)
+        lower = inner.mean - _NORMAL_WIDTH * inner.sd
+        upper = inner.mean + _NORMAL_WIDTH * inner.sd
     if kind == "Integer":
-        values = _integer_values(domain.lower, domain.upper, quantum)
+        values = _integer_values(lower, upper, quantum)
     elif quantum is not None:
-        values = _quantized_float_values(domain.lower, domain.upper, quantum)
+        values = _quantized_float_values(lower, upper, quantum)
     else:
-        values = _continuous_values(domain.lower, domain.upper, scale, settings.resolution)
+        values = _continuous_values(lower, upper, scale, settings.resolution)
     if not values:
         raise SearchSpaceError(
-            f"'{name}' has no value in [{domain.lower}, {domain.upper}] (q={quantum}); widen "
+            f"'{name}' has no value in [{lower}, {upper}] (q={quantum}); widen "
             "the bounds or lower q."
         )
     return _thin(values, scale, settings.max_values_per_dimension), scale
@@ -293,6 +295,7 @@ def _thin(values: tuple[Any, ...], scale: Scale, limit: int) -> tuple[Any, ...]:
 def _choice_values(name: str, categories: tuple[Any, ...]) -> tuple[tuple[Any, ...], Scale]:
     if not categories:
         raise SearchSpaceError(f"'{name}' is an empty choice; give it at least one category.")
+    categories = _distinct(categories)
     numeric = all(isinstance(c, (int, float, np.number)) and not isinstance(c, (bool, np.bool_))
                   for c in categories)
     if not numeric or len(set(categories)) != len(categories):
@@ -304,6 +307,15 @@ def _choice_values(name: str, categories: tuple[Any, ...]) -> tuple[tuple[Any, .
         if np.allclose(ratios, ratios[0], rtol=1e-6) and ratios[0] > 0:
             return values, "log"
     return values, "linear"
+
+
+def _distinct(categories: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The categories without repeats (1 and True stay distinct), in their first order."""
+    out: list[Any] = []
+    for category in categories:
+        if not any(c == category and type(c) is type(category) for c in out):
+            out.append(category)
+    return tuple(out)
 
 
 def _dimension(name: str, values: tuple[Any, ...], scale: Scale) -> Dimension:

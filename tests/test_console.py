@@ -19,6 +19,7 @@ class FakeTrial:
     config: dict
     status: str = "RUNNING"
     last_result: dict = field(default_factory=dict)
+    metric_analysis: dict = field(default_factory=dict)
 
 
 def test_short_config_names_every_table1_value() -> None:
@@ -49,6 +50,16 @@ def test_one_line_per_trial_start_and_end_with_the_best_and_the_trials_left() ->
     assert lines[2].endswith("| best 0.5000 (trial 1) | 2 left")
     assert "failed oom: Out of GPU memory |" in lines[3]
     assert lines[3].endswith("| best 0.5000 (trial 1) | 1 left")
+
+
+def test_a_trial_resumed_after_its_last_epoch_shows_its_best_loss() -> None:
+    lines: list[str] = []
+    progress = SearchProgress(num_samples=2, write=lines.append)
+    trial = FakeTrial("a", "1_x", {})
+    trial.last_result = {"val_loss": 0.7, "val_error": 0.25, "time_total_s": 12.0}
+    trial.metric_analysis = {"val_loss": {"min": 0.6, "max": 0.9, "last": 0.7}}
+    progress.on_trial_complete(0, [trial], trial)  # no result in this run
+    assert "done   val_loss 0.6000" in lines[0] and "best 0.6000 (trial 1)" in lines[0]
 
 
 def test_a_repeated_warning_is_shown_once() -> None:

@@ -95,6 +95,13 @@ def test_ensemble_beats_the_majority_class_on_test_volumes(trained_search, capsy
     confusion = np.array(ensemble["volume"]["confusion"])
     assert confusion.sum() == result["num_volumes"]
     assert np.array(ensemble["slice"]["confusion"]).sum() == result["num_slices"]
+    # Every test volume is listed: path relative to the store's root, truth, verdict, votes.
+    listed = ensemble["volumes"]
+    assert len(listed) == result["num_volumes"]
+    assert all(not v["path"].startswith("/") for v in listed)
+    assert sum(v["correct"] for v in listed) == int(np.trace(confusion))
+    assert all(sum(v["votes"].values()) > 0 and 0 <= v["confidence"]["vote_margin"] <= 1
+               for v in listed)
 
 
 @pytest.mark.slow
@@ -106,3 +113,38 @@ def test_evaluate_takes_one_checkpoint_too(trained_search, capsys) -> None:  # n
                  "--split", "validation"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("split validation:") and "model" in out.splitlines()[2]
+
+
+def test_a_verdict_carries_its_margin_and_says_uncertain_when_slices_disagree() -> None:
+    from mri_tune.results.evaluate import verdict
+
+    agree = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    sure = verdict(agree, margin=0.2)
+    assert sure.label == 0 and sure.vote_margin == 1.0 and not sure.uncertain
+    assert sure.mean_probability == pytest.approx(0.75)
+    split = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55], [0.6, 0.4]])
+    torn = verdict(split, margin=0.25)
+    assert torn.label == 0 and list(torn.votes) == [3, 2]
+    assert torn.vote_margin == pytest.approx(0.2) and torn.uncertain
+    assert not verdict(split, margin=0.2).uncertain  # a lead of exactly the margin is enough
+
+
+def test_every_volume_is_listed_with_truth_prediction_votes_and_confidence() -> None:
+    from mri_tune.results.evaluate import evaluate_probabilities
+
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 0, 1, 1, 1])
+    volume = np.array([4, 4, 7, 7, 7])
+    rows = {4: {"path": "a/head.nii.gz", "part": ""}, 7: {"path": "b/spine.nii", "part": "frame 2"}}
+    ev = evaluate_probabilities(probs, labels, volume, ("head", "spine"), rows, margin=0.5)
+    listed = ev.to_dict()["volumes"]
+    assert [v["path"] for v in listed] == ["a/head.nii.gz", "b/spine.nii"]
+    assert listed[0] | {"confidence": None} == {
+        "volume": 4, "path": "a/head.nii.gz", "part": "", "truth": "head", "predicted": "head",
+        "correct": True, "votes": {"head": 2, "spine": 0}, "confidence": None,
+        "uncertain": False}
+    assert listed[1]["votes"] == {"head": 1, "spine": 2} and listed[1]["predicted"] == "spine"
+    assert listed[1]["confidence"]["vote_margin"] == pytest.approx(1 / 3, abs=1e-4)
+    assert listed[1]["uncertain"] is True
+    assert ev.to_dict()["volume"]["uncertain"] == 1
+    assert ev.accuracy_of_certain == 1.0

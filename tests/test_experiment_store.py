@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,14 @@ def test_store_from_an_explicit_sample_folder(tmp_path: Path, samples_dir: Path)
     with open(folder / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "region", "subject"])
         writer.writeheader()
-        for r in keep:
-            writer.writerow({"path": str(samples_dir / r["path"]), "region": r["region"],
-                             "subject": r["subject"]})
+        for r in keep:  # ingest reads only under the manifest's folder: copy the few files
+            source, target = samples_dir / r["path"], folder / r["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target)
+            else:
+                shutil.copy(source, target)
+            writer.writerow({"path": r["path"], "region": r["region"], "subject": r["subject"]})
     with pytest.raises(InputError, match="spine"):
         # one spine subject cannot fill three splits: the sample folder is really the one used
         ensure_store(tmp_path / "store.h5", 32, folder)

@@ -12,7 +12,6 @@ from searchers.gp import (
     PairDistances,
     correlation,
     fit_hyperparameters,
-    kernel_matrix,
     log_marginal_likelihood,
 )
 from searchers.grid import ProductGrid, grid_sums, table_rows
@@ -22,12 +21,27 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a.T[:, :, None] - b.T[:, None, :]) ** 2  # (D, n, m)
 
 
+def _distances(x: np.ndarray) -> PairDistances:
+    """Pairwise distances of (n, D) inputs, coded by distinct value as the searcher does."""
+    values, codes = [], []
+    for plane in _sqdist(x, x):
+        unique, inverse = np.unique(plane, return_inverse=True)
+        values.append(unique)
+        codes.append(inverse.reshape(plane.shape))
+    return PairDistances(tuple(values), np.stack(codes))
+
+
+def _kernel(sqdist: np.ndarray, params: GPHyperparameters, kernel: str) -> np.ndarray:
+    scales = np.asarray(params.length_scales)[:, None, None] ** 2
+    return params.signal_variance * np.prod(correlation(sqdist / scales, kernel), axis=0)
+
+
 @pytest.mark.parametrize("kernel", ["rbf", "matern52"])
 def test_lml_gradient_matches_finite_differences(kernel):
     rng = np.random.default_rng(0)
     x = rng.random((15, 3))
     y = np.sin(4 * x[:, 0]) + x[:, 1] ** 2
-    distances = PairDistances.from_sqdist(_sqdist(x, x))
+    distances = _distances(x)
     theta = np.log([0.4, 0.7, 1.3, 1.1, 0.05])
     _, grad = log_marginal_likelihood(theta, distances, y, kernel)
     step = 1e-6
@@ -46,18 +60,18 @@ def test_fitted_gp_interpolates_noise_free_points(kernel):
     x = rng.random((12, 2))
     y = np.cos(3 * x[:, 0]) * x[:, 1]
     y = (y - y.mean()) / y.std()
-    distances = PairDistances.from_sqdist(_sqdist(x, x))
+    distances = _distances(x)
     params = fit_hyperparameters(distances, y, kernel, FitSettings(), rng)
     assert params.noise_variance < 1e-3  # noise-free data: the evidence drives noise down
     posterior = GPPosterior.condition(distances, y, params, kernel)
-    mean, variance = posterior.predict(kernel_matrix(_sqdist(x, x), params, kernel))
+    mean, variance = posterior.predict(_kernel(_sqdist(x, x), params, kernel))
     np.testing.assert_allclose(mean, y, atol=0.05)
     assert variance.max() < 1e-2 * params.signal_variance
 
 
 def test_duplicated_inputs_with_tiny_noise_still_factorise():
     x = np.zeros((6, 2))  # six identical points: a rank-one kernel matrix
-    distances = PairDistances.from_sqdist(_sqdist(x, x))
+    distances = _distances(x)
     params = GPHyperparameters((0.5, 0.5), 1.0, 1e-12)
     posterior = GPPosterior.condition(distances, np.ones(6), params, "rbf")
     assert np.all(np.isfinite(posterior.alpha))

@@ -209,11 +209,11 @@ def test_interrupted_ingest_leaves_nothing(tiny, monkeypatch) -> None:
     settings = _settings(tiny.manifest(tiny.good_rows("head", 3)), "fail")
     calls = []
 
-    def interrupted(row, prep):
-        calls.append(row.row)
+    def interrupted(item, prep, root):
+        calls.append(item.row.row)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(row, prep)
+        return original(item, prep, root)
 
     original = ingest_module.read_row
     monkeypatch.setattr(ingest_module, "read_row", interrupted)

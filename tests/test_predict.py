@@ -61,7 +61,8 @@ def test_predict_labels_a_volume_of_each_region_and_plots(trained_search, tmp_pa
     for region, path in REGION_VOLUMES.items():
         assert labels[(samples_dir / path).as_posix()] == region
     first = result["volumes"][0]
-    assert set(first) >= {"path", "label", "votes", "slices"}
+    assert set(first) >= {"path", "label", "votes", "slices", "confidence", "uncertain"}
+    assert set(first["confidence"]) == {"vote_margin", "mean_probability"}
     assert set(first["slices"][0]) >= {"index", "probs", "decision"}
     assert sum(first["votes"].values()) == len(first["slices"])
     assert plot.read_bytes()[:4] == b"\x89PNG"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -52,7 +53,15 @@ def test_report_writes_every_file(trained_search) -> None:  # noqa: F811
     for needle in ("![search progress](search_progress.png)", "![confusion matrices]",
                    "| rank | trial | val loss |", "| volume | accuracy |"):
         assert needle in text
-    assert (report / "evaluation.json").stat().st_size > 0
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    listed = evaluation["models"]["ensemble"]["volumes"]
+    assert len(listed) == evaluation["num_volumes"]
+    flagged = [v for v in listed if v["uncertain"] or not v["correct"]]
+    # Every volume is a row of the report's listing, and the flagged ones get a profile page.
+    assert all(f"| `{v['path']}`" in text for v in listed)
+    assert ("flagged_profiles.png" in text) == bool(flagged)
+    if flagged:
+        assert (report / "flagged_profiles.png").read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.mark.slow
@@ -62,5 +71,5 @@ def test_report_command_writes_into_out(trained_search, tmp_path) -> None:  # no
     assert main(["report", "--experiment", str(trained_search.experiment), "--ensemble",
                  str(trained_search.ensemble), "--store", str(trained_search.store),
                  "--out", str(tmp_path / "r")]) == 0
-    assert {p.name for p in (tmp_path / "r").iterdir()} == {
+    assert {p.name for p in (tmp_path / "r").iterdir()} - {"flagged_profiles.png"} == {
         "report.md", "search_progress.png", "confusion.png", "evaluation.json"}

@@ -11,7 +11,7 @@ import pytest
 from ray import tune
 from ray.tune.search import Searcher
 
-from searchers import GPPISearch
+from searchers import GPSearch
 from searchers.errors import SearchSpaceError
 from searchers.gp import FitSettings
 
@@ -33,17 +33,17 @@ def key(config: dict) -> tuple:
     return tuple(sorted(config.items()))
 
 
-def make(**kwargs) -> GPPISearch:
+def make(**kwargs) -> GPSearch:
     options = {"space": small_space(), "metric": "loss", "mode": "min", "seed": 0,
                "warmup_trials": 5, "fit": FAST_FIT}
     options.update(kwargs)
-    return GPPISearch(**options)
+    return GPSearch(**options)
 
 
 class Driver:
     """Simulated cluster: keeps `concurrency` trials pending, completes the oldest first."""
 
-    def __init__(self, searcher: GPPISearch, concurrency: int, objective=loss) -> None:
+    def __init__(self, searcher: GPSearch, concurrency: int, objective=loss) -> None:
         self.searcher, self.concurrency, self.objective = searcher, concurrency, objective
         self.pending: list[tuple[str, dict]] = []
         self.proposed: list[dict] = []
@@ -108,7 +108,7 @@ def test_suggest_waits_at_the_concurrency_limit():
 
 def test_tiny_grid_is_exhausted_exactly_once_then_finished():
     space = {"a": tune.randint(0, 3), "b": tune.choice(["p", "q"])}
-    searcher = GPPISearch(space=space, metric="m", mode="min", seed=1, warmup_trials=2,
+    searcher = GPSearch(space=space, metric="m", mode="min", seed=1, warmup_trials=2,
                           fit=FAST_FIT)
 
     def objective(config: dict) -> float | None:
@@ -151,7 +151,7 @@ def test_learns_to_avoid_a_predictable_infeasible_region():
 
     infeasible = {}
     for preset in ("default", "paper"):
-        searcher = GPPISearch(space=space, metric="loss", mode="min", seed=3, warmup_trials=8,
+        searcher = GPSearch(space=space, metric="loss", mode="min", seed=3, warmup_trials=8,
                               preset=preset, fit=FAST_FIT)
         proposed = Driver(searcher, 1, objective).run(50)
         infeasible[preset] = sum(c["x"] > 0.6 for c in proposed[20:])
@@ -184,7 +184,7 @@ def test_save_mid_run_restore_fresh_and_continue_identically(tmp_path):
     driver = Driver(first, 4)
     driver.run(20)
     first.save(str(tmp_path / "searcher.pkl"))
-    fresh = GPPISearch()  # Tuner.restore calls neither __init__'s kwargs nor set_search_properties
+    fresh = GPSearch()  # Tuner.restore calls neither __init__'s kwargs nor set_search_properties
     fresh.restore(str(tmp_path / "searcher.pkl"))
     driver.searcher = fresh
     driver.run(40)
@@ -216,18 +216,18 @@ def test_paper_preset_alternates_best_and_25_percent_targets():
     assert core._target(model, 1) == pytest.approx(
         model.transform(np.array([best - 0.25 * abs(best)]))[0])
     assert searcher._settings.warmup_trials == 5
-    assert GPPISearch(preset="paper")._settings.warmup_trials == 47
+    assert GPSearch(preset="paper")._settings.warmup_trials == 47
 
 
 def test_no_space_gives_a_clear_error_and_bad_settings_are_rejected():
     with pytest.raises(SearchSpaceError, match="param_space"):
-        GPPISearch().suggest("1")
+        GPSearch().suggest("1")
     with pytest.raises(SearchSpaceError, match="mode"):
-        GPPISearch(mode="maximise")
+        GPSearch(mode="maximise")
     with pytest.raises(SearchSpaceError, match="preset"):
-        GPPISearch(preset="fast")
+        GPSearch(preset="fast")
     with pytest.raises(SearchSpaceError, match="warmup_trials"):
-        GPPISearch(warmup_trials=-1)
+        GPSearch(warmup_trials=-1)
 
 
 def test_math_modules_do_not_import_ray():

@@ -1,4 +1,4 @@
-"""GPPISearch inside a real Ray Tune Tuner: 8 GPU slots, interruption and Tuner.restore."""
+"""GPSearch inside a real Ray Tune Tuner: 8 GPU slots, interruption and Tuner.restore."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray import cloudpickle, tune
 
-from searchers import GPPISearch
+from searchers import GPSearch
 
 pytestmark = pytest.mark.slow
 NUM_SAMPLES = 20
@@ -60,7 +60,7 @@ def _tuner(storage: Path, name: str, callbacks: list | None = None) -> tune.Tune
     return tune.Tuner(
         tune.with_resources(trainable, {"gpu": 1}),
         param_space=space(),
-        tune_config=tune.TuneConfig(search_alg=GPPISearch(seed=0, warmup_trials=6),
+        tune_config=tune.TuneConfig(search_alg=GPSearch(seed=0, warmup_trials=6),
                                     metric="loss", mode="min", num_samples=NUM_SAMPLES,
                                     max_concurrent_trials=8, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
@@ -95,3 +95,21 @@ def test_interrupted_tuner_restores_the_searcher_and_finishes(ray_cluster, tmp_p
     assert results.num_errors == 0 and len(results) == NUM_SAMPLES
     # a searcher that lost its state would re-draw the same seeded warm-up: duplicates
     assert len(set(configs)) == len(configs) == NUM_SAMPLES
+
+
+def continuous_trainable(config: dict) -> None:
+    tune.report({"loss": sum((config[f"x{i}"] - 0.3) ** 2 for i in range(8))})
+
+
+def test_continuous_space_beyond_enumeration_runs_under_a_tuner(ray_cluster, tmp_path):
+    # 64^8 configurations: the candidate-set path, inside a real Tuner
+    param_space = {f"x{i}": tune.uniform(0.0, 1.0) for i in range(8)}
+    searcher = GPSearch(seed=0, warmup_trials=4)
+    results = tune.Tuner(
+        continuous_trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, metric="loss", mode="min",
+                                    num_samples=10, max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="continuous", verbose=0),
+    ).fit()
+    configs = _configs(results)
+    assert results.num_errors == 0 and len(set(configs)) == len(configs) == 10

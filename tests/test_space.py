@@ -10,7 +10,8 @@ from ray import tune
 
 from mri_tune_core.paper import BASELINE
 from searchers.errors import SearchSpaceError
-from searchers.space import SpaceSettings, build_space, paper_space
+from searchers.gp_search import paper_space
+from searchers.space import SpaceSettings, build_space
 
 
 def test_paper_space_is_table_1_of_the_paper():
@@ -60,7 +61,6 @@ def test_continuous_domains_use_the_configured_resolution():
 @pytest.mark.parametrize("domain, words", [
     (tune.grid_search([1, 2]), "grid_search"),
     (tune.sample_from(lambda spec: 1), "sample_from"),
-    (tune.randn(), "Normal"),
 ])
 def test_unenumerable_domains_are_rejected_with_advice(domain, words):
     with pytest.raises(SearchSpaceError, match=words):
@@ -85,3 +85,24 @@ def test_definition_round_trips_through_plain_data():
     assert again.shape == space.shape
     for a, b in zip(space.dimensions, again.dimensions, strict=True):
         np.testing.assert_array_equal(a.encoded, b.encoded)
+
+
+def test_normal_domains_are_searched_over_three_sd_and_big_spaces_are_not_refused():
+    space = build_space({"z": tune.randn(1.0, 2.0), "q": tune.qrandn(0.0, 1.0, 0.5)}
+                        | {f"x{i}": tune.uniform(0, 1) for i in range(8)},
+                        SpaceSettings(resolution=5))
+    assert space.dimensions[0].values == (-5.0, -2.0, 1.0, 4.0, 7.0)
+    assert space.dimensions[1].values == (-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0,
+                                          1.5, 2.0, 2.5, 3.0)
+    assert space.size == 5 * 13 * 5**8  # enumerable or not, the space is accepted
+
+
+def test_canonical_values_merge_what_the_space_rounds_together():
+    space = build_space({"n": tune.qrandint(8, 64, 8), "lr": tune.qloguniform(1e-3, 1e-1, 1e-3),
+                         "act": tune.choice(["relu", "relu", "gelu"])})
+    n, lr, act = space.dimensions
+    assert act.values == ("relu", "gelu")  # a repeated category is one configuration
+    assert space.row_of({"n": 17, "lr": 0.0104, "act": "relu"}) == space.row_of(
+        {"n": 16, "lr": 0.01, "act": "relu"})
+    assert space.row_config(space.row_of({"n": 17, "lr": 0.0104, "act": "gelu"})) == {
+        "n": 16, "lr": 0.01, "act": "gelu"}

@@ -336,7 +336,8 @@ def test_predict_takes_the_checkpoint_of_mri_tune_train(sample_store: Path, tmp_
 def test_training_needs_a_validation_split(tiny, capsys) -> None:
     from mri_tune.cli import main
 
-    rows = tiny.good_rows("head", n=1) + tiny.good_rows("spine", n=1)
+    tiny.nifti("spine.nii.gz", tiny.phantom(seed=7))  # other content than head0's
+    rows = tiny.good_rows("head", n=1) + [("spine.nii.gz", "spine", "spine-s0")]
     store = tiny.folder / "s.h5"
     assert main(["ingest", "--manifest", str(tiny.manifest(rows)), "--out", str(store),
                  "--size", "32", "--allow-small-regions"]) == 0

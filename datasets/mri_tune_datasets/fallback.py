@@ -7,6 +7,9 @@ put every region in every split: ingest them with `allow_small_regions=True`, wh
 small region's subjects in train first, then test, and prints a WARNING line per such region.
 `pip install -e .[samples]` installs the packages that carry them (renalsegmentor is left out
 of that group: it pulls TensorFlow; its file is used when it is installed anyway).
+
+The files (a few MB) are copied beside the manifest, which names them by relative paths: ingest
+reads only files under the manifest's folder, and a store never records a site-packages path.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +82,8 @@ def locate_packaged_files(table: tuple[PackagedFile, ...] = PACKAGED_FILES
 
 def build_fallback_manifest(folder: Path, table: tuple[PackagedFile, ...] = PACKAGED_FILES
                             ) -> FallbackSamples:
-    """Write `folder/manifest.csv` naming the packaged MR files found; InputError if none."""
+    """Copy the packaged MR files found into `folder/files/` and write `folder/manifest.csv`
+    naming them; InputError if none is found."""
     found = locate_packaged_files(table)
     if not found:
         names = sorted({e.distribution for e in table})
@@ -93,7 +98,10 @@ def build_fallback_manifest(folder: Path, table: tuple[PackagedFile, ...] = PACK
         writer = csv.writer(handle)
         writer.writerow(["path", "region", "subject", "source"])
         for entry, path in found:
-            writer.writerow([str(path.resolve()), entry.region, entry.subject,
+            relative = Path("files", entry.distribution, Path(entry.relative).name)
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / relative)
+            writer.writerow([relative.as_posix(), entry.region, entry.subject,
                              f"pypi:{entry.distribution}"])
     regions = {r: len({e.subject for e, _ in found if e.region == r}) for r in REGIONS}
     regions = {r: n for r, n in regions.items() if n}

@@ -9,8 +9,13 @@ Privacy: from a DICOM file only geometry (orientation, position, spacing, size),
 rescale values and `Modality` are read. No patient, institution or date field is ever copied into
 a returned object, a log line or an error message.
 
-Header sizes are checked against `MAX_VOLUME_BYTES` before any pixel array is allocated, so a
-header claiming absurd dimensions is rejected cheaply.
+Header sizes are checked against `MAX_VOLUME_VOXELS` and `MAX_VOLUME_BYTES` before any pixel
+array is allocated, so a header claiming absurd dimensions (or a 1 MB `.nii.gz` that would expand
+to 1 GiB) is rejected cheaply. DICOM geometry (orientation, position, spacing, rescale values) is
+checked to be numbers that make a valid affine, so a corrupt header is an InputError.
+
+Confinement: given `root`, a reader refuses to open a file outside it that the input points to
+(an NRRD header's `data file`, a symbolic link inside a DICOM series folder).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
+import nrrd
 import numpy as np
+import pydicom
 
 from mri_tune_core.errors import InputError
 
@@ -29,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 MAX_VOLUME_BYTES = 2 * 1024**3
 """Largest voxel array (as stored in the file) that a reader will allocate: 2 GiB."""
+MAX_VOLUME_VOXELS = 2**27
+"""Most voxels one file may hold (all frames): 512^3, i.e. 512 MiB as the float32 working copy
+that preprocessing makes (and a few more copies of it while reorienting and resizing)."""
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -37,6 +47,8 @@ NRRD_SUFFIXES = (".nrrd", ".nhdr")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Orientation cosines equal to this many decimals are one orientation group (localizers).
 _ORIENTATION_DECIMALS = 3
+# Direction cosines stored with few decimals are still unit and orthogonal within this.
+_COSINE_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -80,39 +92,47 @@ def acquisition_axis(shape: tuple[int, ...], spacing: tuple[float, ...],
     return 2
 
 
-def read_volumes(path: Path, max_frames: int) -> list[RawVolume]:
+def read_volumes(path: Path, max_frames: int, root: Path | None = None) -> list[RawVolume]:
     """Read every 3D volume of `path` (a file or a DICOM series folder).
 
     4D inputs yield at most `max_frames` frames, evenly spaced (first and last included), because
     the frames of one acquisition (echoes, inversion times, b-values, time points) are
     near-duplicates of one anatomy: taking all of them would inflate one subject.
-    Raises InputError (without the manifest row: the caller adds it) when the input is unusable.
+    Raises InputError (without the manifest row: the caller adds it) when the input is unusable,
+    or when it points to a file outside `root` (None: anywhere).
     """
     if not path.exists():
         raise InputError(f"file not found: {path}; check the path (for ingest: the manifest's "
                          "path column and --root)")
     if path.is_dir():
-        return _read_dicom_folder(path, max_frames)
+        return _read_dicom_folder(path, max_frames, root)
     name = path.name.lower()
     if path.stat().st_size == 0:
         raise InputError(f"{path} is an empty (zero-byte) file; replace it with the real volume")
     if name.endswith(NIFTI_SUFFIXES):
         return _read_nifti(path, max_frames)
     if name.endswith(NRRD_SUFFIXES):
-        return _read_nrrd(path, max_frames)
+        return _read_nrrd(path, max_frames, root)
     return _read_dicom_files([path], path, max_frames)
 
 
 def check_allocation(shape: tuple[int, ...], itemsize: int, path: Path) -> None:
-    """Reject an empty volume, or a header whose voxel array would exceed MAX_VOLUME_BYTES,
-    before allocating it."""
+    """Reject an empty volume, or a header whose voxel array would exceed MAX_VOLUME_VOXELS or
+    MAX_VOLUME_BYTES, before allocating it."""
     if any(int(n) < 0 for n in shape):
         raise InputError(f"{path}: header has a negative dimension {tuple(shape)}; "
                          "the file is corrupt, re-export it")
     if any(int(n) == 0 for n in shape):
         raise InputError(f"{path}: the volume is empty (shape {tuple(int(n) for n in shape)}); "
                          "remove it from the manifest")
-    n_bytes = int(np.prod([int(n) for n in shape], dtype=object)) * int(itemsize)
+    n_voxels = int(np.prod([int(n) for n in shape], dtype=object))
+    if n_voxels > MAX_VOLUME_VOXELS:
+        raise InputError(
+            f"{path}: header claims a {tuple(int(n) for n in shape)} array, {n_voxels:,} voxels "
+            f"({n_voxels * 4 / 1024**3:.1f} GiB as 32-bit floats); a volume may have at most "
+            f"{MAX_VOLUME_VOXELS:,} voxels ({MAX_VOLUME_VOXELS * 4 / 1024**3:.1f} GiB); the header "
+            "is corrupt, or the volume must be cropped or downsampled first")
+    n_bytes = n_voxels * int(itemsize)
     if n_bytes > MAX_VOLUME_BYTES:
         raise InputError(
             f"{path}: header claims a {tuple(int(n) for n in shape)} array of {itemsize}-byte "
@@ -167,9 +187,7 @@ def _read_nifti(path: Path, max_frames: int) -> list[RawVolume]:
     return _split_frames(data, img.affine, "NIfTI", max_frames, shape, declared)
 
 
-def _read_nrrd(path: Path, max_frames: int) -> list[RawVolume]:
-    import nrrd
-
+def _read_nrrd(path: Path, max_frames: int, root: Path | None) -> list[RawVolume]:
     try:
         header = nrrd.read_header(str(path))
         shape = tuple(int(n) for n in header["sizes"])
@@ -177,6 +195,7 @@ def _read_nrrd(path: Path, max_frames: int) -> list[RawVolume]:
     except Exception as err:
         raise InputError(f"{path} is not a readable NRRD file ({type(err).__name__}: {err}); "
                          "check that it is complete and really NRRD") from err
+    _check_nrrd_data_file(path, header, root)
     check_allocation(shape, itemsize, path)
     try:
         data, header = nrrd.read(str(path), index_order="F")
@@ -185,6 +204,19 @@ def _read_nrrd(path: Path, max_frames: int) -> list[RawVolume]:
                          f"{err}); the file is probably truncated, re-export it") from err
     data, affine, notes = _nrrd_geometry(np.asarray(data, dtype=np.float32), header)
     return _split_frames(data, affine, "NRRD", max_frames, shape, None, notes)
+
+
+def _check_nrrd_data_file(path: Path, header: dict, root: Path | None) -> None:
+    """A detached header (.nhdr) names its data file; it must lie under `root` too."""
+    data_file = header.get("datafile", header.get("data file"))
+    if data_file is None or root is None:
+        return
+    target = (path.parent / str(data_file)).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise InputError(
+            f"{path}: the NRRD header's 'data file' points outside the root folder (the "
+            "manifest's folder, or --root); ingest reads only files under the root: keep the "
+            "data file beside its header, or pass --allow-outside-root if you trust this header")
 
 
 def _nrrd_itemsize(nrrd_type: str) -> int:
@@ -227,17 +259,22 @@ def _nrrd_geometry(data: np.ndarray, header: dict) -> tuple[np.ndarray, np.ndarr
 # ----------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom_folder(folder: Path, max_frames: int) -> list[RawVolume]:
+def _read_dicom_folder(folder: Path, max_frames: int, root: Path | None) -> list[RawVolume]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise InputError(f"{folder} is an empty folder: a DICOM series folder must hold the "
                          "series' .dcm files; point the manifest at the right folder")
+    if root is not None:
+        outside = [p.name for p in files if not p.resolve().is_relative_to(root.resolve())]
+        if outside:
+            raise InputError(
+                f"{folder}: {len(outside)} file(s) of the series (e.g. {outside[0]}) are links "
+                "to files outside the root folder (the manifest's folder, or --root); copy them "
+                "into the series folder, or pass --allow-outside-root if you trust them")
     return _read_dicom_files(files, folder, max_frames)
 
 
 def _dcmread_header(path: Path):
-    import pydicom
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as err:
@@ -251,17 +288,16 @@ def _dcmread_header(path: Path):
         if tag not in ds:
             raise InputError(f"{path}: DICOM file has no {tag}, so it holds no image; "
                              "remove it from the manifest")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    check_allocation((frames, int(ds.Rows), int(ds.Columns), samples),
-                     max(1, int(ds.BitsAllocated) // 8), path)
+    sizes = [_numbers(getattr(ds, tag, None) or default, 1, tag, path)[0]
+             for tag, default in (("NumberOfFrames", 1), ("Rows", 0), ("Columns", 0),
+                                  ("SamplesPerPixel", 1), ("BitsAllocated", 8))]
+    frames, rows, columns, samples, bits = (int(v) for v in sizes)
+    check_allocation((frames, rows, columns, samples), max(1, bits // 8), path)
     return ds
 
 
 def _dcm_pixels(path: Path) -> np.ndarray:
     """Pixel data with Rescale Slope/Intercept applied: (frames, rows, cols) float32."""
-    import pydicom
-
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array.astype(np.float32)
@@ -270,9 +306,25 @@ def _dcm_pixels(path: Path) -> np.ndarray:
                          "the file is truncated or uses an unsupported compression") from err
     if pixels.ndim == 2:
         pixels = pixels[None]
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    slope = _numbers(getattr(ds, "RescaleSlope", None) or 1.0, 1, "RescaleSlope", path)[0]
+    intercept = _numbers(getattr(ds, "RescaleIntercept", None) or 0.0, 1, "RescaleIntercept",
+                         path)[0]
     return pixels * slope + intercept
+
+
+def _numbers(values, n: int, tag: str, path: Path) -> list[float]:
+    """A DICOM numeric value (one number or a multi-value) as `n` finite floats."""
+    iterable = hasattr(values, "__iter__") and not isinstance(values, (str, bytes))
+    items = list(values) if iterable else [values]
+    try:
+        numbers = [float(v) for v in items]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != n or not all(np.isfinite(numbers)):
+        shown = str(list(items) if len(items) != 1 else items[0])[:80]
+        raise InputError(f"{path}: DICOM {tag} must be {n} finite number(s); got {shown}; the "
+                         "header is corrupt: re-export the series or remove it from the manifest")
+    return numbers
 
 
 @dataclass(frozen=True)
@@ -289,11 +341,47 @@ class _Slice:
 
 
 def _frame_geometry(ds, path: Path) -> list[_Slice]:
-    """Per-frame geometry of a single- or multi-frame DICOM (enhanced functional groups aware)."""
+    """Per-frame geometry of a single- or multi-frame DICOM (enhanced functional groups aware);
+    InputError when a geometry value is not numeric or cannot make an affine."""
+    try:
+        return _frame_geometry_unchecked(ds, path)
+    except InputError:
+        raise
+    except (TypeError, ValueError, AttributeError, IndexError) as err:
+        # pydicom returns a malformed value (text where a number belongs) as-is; it fails here
+        raise InputError(f"{path}: the DICOM geometry cannot be read ({type(err).__name__}); "
+                         "orientation, position and spacing must be numbers: re-export the "
+                         "series or remove it from the manifest") from err
+
+
+def _orientation(values, path: Path) -> list[float]:
+    """ImageOrientationPatient: two orthogonal unit vectors (row, column cosines)."""
+    iop = _numbers(values, 6, "ImageOrientationPatient", path)
+    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+    if (abs(np.linalg.norm(row) - 1) > _COSINE_TOLERANCE
+            or abs(np.linalg.norm(col) - 1) > _COSINE_TOLERANCE
+            or abs(float(row @ col)) > _COSINE_TOLERANCE):
+        raise InputError(f"{path}: DICOM ImageOrientationPatient must hold two orthogonal unit "
+                         f"vectors (row and column cosines); got {iop}; the header is corrupt: "
+                         "re-export the series or remove it from the manifest")
+    return iop
+
+
+def _pixel_spacing(values, path: Path) -> tuple[float, float]:
+    spacing = _numbers(values, 2, "PixelSpacing", path)
+    if min(spacing) <= 0:
+        raise InputError(f"{path}: DICOM PixelSpacing must be two positive numbers (mm); got "
+                         f"{spacing}; the header is corrupt: re-export the series or remove it")
+    return spacing[0], spacing[1]
+
+
+def _frame_geometry_unchecked(ds, path: Path) -> list[_Slice]:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence", [None] * frames)
-    thickness = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+    thickness = _numbers(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0,
+                         1, "SliceThickness", path)[0]
+    thickness = thickness if thickness > 0 else 1.0  # only a single slice's step uses it
     out = []
     for f in range(frames):
         groups = [g for g in (per_frame[f] if f < len(per_frame) else None, shared) if g]
@@ -302,11 +390,11 @@ def _frame_geometry(ds, path: Path) -> list[_Slice]:
         ipp = _first(groups, "PlanePositionSequence", "ImagePositionPatient",
                      ds.get("ImagePositionPatient"))
         spacing = _first(groups, "PixelMeasuresSequence", "PixelSpacing", ds.get("PixelSpacing"))
-        iop = [1, 0, 0, 0, 1, 0] if iop is None else [float(v) for v in iop]
+        iop = [1, 0, 0, 0, 1, 0] if iop is None else _orientation(iop, path)
         # No position: frames are assumed stacked along the normal at `thickness` spacing.
         ipp = (_normal(tuple(iop)) * f * thickness if ipp is None
-               else np.asarray([float(v) for v in ipp]))
-        spacing = (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1]))
+               else np.asarray(_numbers(ipp, 3, "ImagePositionPatient", path)))
+        spacing = (1.0, 1.0) if spacing is None else _pixel_spacing(spacing, path)
         # order key: the file's InstanceNumber, then the frame inside a multi-frame file
         order = int(getattr(ds, "InstanceNumber", 0) or 0) * 10000 + f
         out.append(_Slice(path, f, tuple(np.round(iop, _ORIENTATION_DECIMALS)), ipp, spacing,
@@ -336,6 +424,7 @@ def _read_dicom_files(files: list[Path], where: Path, max_frames: int) -> list[R
         groups[s.orientation].append(s)
     fmt = "DICOM series" if where.is_dir() else "DICOM"
     source_shape = (len(slices), *_first_shape(files[0]))
+    check_allocation(source_shape, 4, where)  # the whole series, as float32
     pixel_cache: dict[Path, np.ndarray] = {}
     out = []
     for g, key in enumerate(sorted(groups)):
@@ -353,8 +442,6 @@ def _read_dicom_files(files: list[Path], where: Path, max_frames: int) -> list[R
 
 
 def _first_shape(path: Path) -> tuple[int, int]:
-    import pydicom
-
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return int(ds.Rows), int(ds.Columns)
 

@@ -14,7 +14,8 @@ shuffled by the `numpy.random.Generator` passed in: the same seed gives the same
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,16 +40,26 @@ class SplitResult:
 
 
 def parse_split_fractions(text: str) -> tuple[float, float, float]:
-    """'0.5,0.25,0.25' -> (0.5, 0.25, 0.25); three positive numbers summing to 1."""
+    """'0.5,0.25,0.25' -> (0.5, 0.25, 0.25); three finite positive numbers summing to 1."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError as err:
         raise InputError(f"--split must be three comma-separated numbers (train,validation,test); "
                          f"got {text!r}; e.g. --split 0.5,0.25,0.25") from err
-    if len(values) != 3 or min(values) <= 0 or abs(sum(values) - 1.0) > 1e-6:
-        raise InputError(f"--split must be three positive fractions summing to 1; got {text!r}; "
-                         "e.g. --split 0.5,0.25,0.25")
-    return values  # type: ignore[return-value]
+    return check_split_fractions(values, text)
+
+
+def check_split_fractions(values: Sequence[float], shown: str | None = None
+                          ) -> tuple[float, float, float]:
+    """`values` as a (train, validation, test) tuple; InputError unless they are three finite
+    positive numbers summing to 1 (NaN compares false with everything, so it is tested first:
+    a NaN fraction once made `split_targets` loop forever)."""
+    shown = ",".join(str(v) for v in values) if shown is None else shown
+    if (len(values) != 3 or not all(math.isfinite(v) for v in values) or min(values) <= 0
+            or abs(sum(values) - 1.0) > 1e-6):
+        raise InputError(f"--split must be three finite positive fractions summing to 1 "
+                         f"(train,validation,test); got {shown!r}; e.g. --split 0.5,0.25,0.25")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def split_targets(n: int, fractions: tuple[float, float, float]) -> np.ndarray:
@@ -67,6 +78,7 @@ def split_subjects(pairs: Iterable[tuple[str, str]], fractions: tuple[float, flo
                    rng: np.random.Generator, allow_small_regions: bool = False) -> SplitResult:
     """(subject, region) pairs -> SplitResult; InputError when a region has < 3 subjects
     (unless `allow_small_regions`) or shared subjects leave a split of a region empty."""
+    fractions = check_split_fractions(fractions)
     by_region: dict[str, set[str]] = {}
     for subject, region in pairs:
         by_region.setdefault(region, set()).add(subject)

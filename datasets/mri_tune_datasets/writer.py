@@ -7,28 +7,216 @@ that a split is one contiguous read, into a temporary file beside `out`, and ren
 `out` only at the very end (`os.replace` is atomic on one filesystem). On any failure, or an
 interrupt, the temporary files are removed and `out` is left untouched. Every step is linear
 in the number of slices.
+
+Failures that leave no trace:
+- Disk space and the file-size limit (`ulimit -f`) are checked before each volume is staged
+  (staging + the store to come must fit), and the HDF5 file is preallocated to its estimated
+  size before HDF5 writes a byte: HDF5 never meets a failed write (after one, the library
+  crashes the interpreter at exit), and a full disk is a `StoreWriteError` naming the shortfall.
+- Temporary names carry the writer's process id (`.NAME.PID.xxxx.staging`), so that the next
+  run removes the leftovers of a killed one (`remove_stale_files`) and spares a live one's.
+- `StoreLock` (an `fcntl` lock on `.NAME.lock` beside `out`) lets one writer at a time build a
+  given `out`; the second fails at once naming the first's process id.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
+import resource
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
 
+from mri_tune_core.errors import StoreError
 from mri_tune_core.store_format import FORMAT_VERSION, PLANES, SPLITS
 from mri_tune_datasets.preprocess import SliceBatch
 
 logger = logging.getLogger(__name__)
 
 _STRING = h5py.string_dtype(encoding="utf-8")
+# Bytes per slice of the per-slice columns (labels, volume int64; plane, split uint8; index int32)
+_COLUMN_BYTES = 8 + 8 + 1 + 1 + 4
+# HDF5 metadata, attributes and the volume table: a fixed part and a part per volume (text)
+_STORE_OVERHEAD = 4 * 1024**2
+_VOLUME_OVERHEAD = 16 * 1024
+_MiB = 1024**2
+
+
+class StoreWriteError(StoreError):
+    """The store could not be written: disk full, file-size limit, no permission, or another
+    ingest is writing the same `--out`."""
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / _MiB:.1f} MiB"
+
+
+def estimate_store_bytes(n_slices: int, image_size: int, n_volumes: int) -> int:
+    """An upper bound of the HDF5 store's size (images + per-slice columns + metadata)."""
+    per_slice = image_size * image_size + _COLUMN_BYTES
+    return n_slices * per_slice + n_volumes * _VOLUME_OVERHEAD + _STORE_OVERHEAD
+
+
+def check_space(folder: Path, new_bytes: int, largest_file: int, what: str) -> None:
+    """StoreWriteError unless `folder`'s disk has `new_bytes` free and this process may write a
+    file of `largest_file` bytes (RLIMIT_FSIZE, i.e. `ulimit -f`)."""
+    free = shutil.disk_usage(folder).free
+    if new_bytes > free:
+        raise StoreWriteError(
+            f"not enough free disk space for {what}: it needs about {_mib(new_bytes)} more, the "
+            f"disk of {folder} has {_mib(free)} free; free some space, write --out to another "
+            "disk, or make the store smaller (--size, fewer rows)")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and largest_file > limit:
+        raise StoreWriteError(
+            f"the file-size limit of this process (ulimit -f) is {_mib(limit)}, but {what} "
+            f"needs a file of about {_mib(largest_file)}; raise the limit (ulimit -f "
+            "unlimited) or make the store smaller (--size, fewer rows)")
+
+
+def _write_error(err: OSError, out: Path) -> StoreWriteError:
+    """An OSError of a write (staging or store file beside `out`), worded for the user."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the disk is full: free some space or write --out to another disk"
+    elif err.errno == errno.EFBIG:
+        hint = "the file-size limit (ulimit -f) was reached: raise it or make the store smaller"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "no permission to write there: choose an --out in a writable folder"
+    else:
+        hint = "check the disk and the folder of --out"
+    return StoreWriteError(f"writing the store {out} failed ({err.strerror or err}): {hint}; "
+                           f"{out.name} was not changed and no temporary file is left")
+
+
+def _temporary_prefix(out: Path) -> str:
+    return f".{out.name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_stale_files(out: Path) -> list[Path]:
+    """Remove the `.staging` and `.tmp` files of `out` left by writers that are gone (killed);
+    returns them. Files of a live process, and files whose name carries no process id, stay."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    prefix, removed = _temporary_prefix(out), []
+    for path in out.parent.iterdir():
+        name = path.name
+        if not (name.startswith(prefix) and name.endswith((".staging", ".tmp"))):
+            continue
+        owner = name[len(prefix):].split(".", 1)[0]
+        if not owner.isdigit():
+            logger.warning("%s: cannot tell which process wrote it; remove it by hand if no "
+                           "ingest to %s is running", name, out.name)
+            continue
+        if int(owner) != os.getpid() and not _pid_alive(int(owner)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            logger.info("removed %s, left by ingest process %s (no longer running)", name, owner)
+    return removed
+
+
+class StoreLock:
+    """An exclusive `fcntl.flock` on `.NAME.lock` beside `out`, held while a store is built;
+    the lock file is removed on release (a killed holder's lock dies with it, and its file is
+    reused by the next run)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.path = self.out.parent / f".{self.out.name}.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> StoreLock:
+        while self._fd is None:
+            try:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise _write_error(err, self.out) from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise StoreWriteError(
+                    f"another ingest (process {holder}) is writing {self.out.name} in "
+                    f"{self.out.parent}; two ingests must not build one store: wait for it to "
+                    "end, or choose another --out") from None
+            if not self._same_file(fd):
+                os.close(fd)  # the holder removed the file as we opened it: take the new one
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+        return self
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: no one locks a removed file
+            os.close(self._fd)
+            self._fd = None
+
+
+class _Preallocated:
+    """A file object over a preallocated file for h5py's file-object driver: the end of file
+    HDF5 sees is what it wrote, not the reserved size (so it creates a fresh file)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.eof = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            return self._handle.seek(self.eof + offset)
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def readinto(self, buffer) -> int:
+        room = max(0, self.eof - self._handle.tell())
+        return self._handle.readinto(memoryview(buffer).cast("B")[:room])
+
+    def read(self, n: int = -1) -> bytes:
+        room = max(0, self.eof - self._handle.tell())
+        return self._handle.read(room if n < 0 else min(n, room))
+
+    def write(self, data) -> int:
+        written = self._handle.write(data)
+        self.eof = max(self.eof, self._handle.tell())
+        return written
+
+    def truncate(self, size: int | None = None) -> int:
+        self.eof = self._handle.tell() if size is None else size
+        return self.eof
+
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 @dataclass(frozen=True)
@@ -56,8 +244,15 @@ class StoreWriter:
         self.image_size = int(image_size)
         self.classes: list[str] = []
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, staging = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.",
-                                       suffix=".staging")
+        if self.out.exists() and not self.out.is_file():
+            raise StoreWriteError(f"--out {self.out} exists and is not a file; name a new "
+                                  ".h5 file or an existing store to replace")
+        self._prefix = f"{_temporary_prefix(self.out)}{os.getpid()}."
+        try:
+            fd, staging = tempfile.mkstemp(dir=self.out.parent, prefix=self._prefix,
+                                           suffix=".staging")
+        except OSError as err:
+            raise _write_error(err, self.out) from err
         self._staging_path = Path(staging)
         self._staging = os.fdopen(fd, "wb")
         self._tmp_path: Path | None = None
@@ -93,7 +288,19 @@ class StoreWriter:
             if b.images.dtype != np.uint8 or b.images.shape[1:] != size:
                 raise ValueError(f"slices must be uint8 {size}; got {b.images.dtype} "
                                  f"{b.images.shape[1:]}")
-            self._staging.write(np.ascontiguousarray(b.images).tobytes())
+        n_new = sum(len(b.images) for b in batches)
+        staged = (self.n_slices + n_new) * self.image_size**2
+        store = estimate_store_bytes(self.n_slices + n_new, self.image_size,
+                                     len(self._records) + 1)
+        # the staging file grows by this volume, and the store will need its own room next to it
+        check_space(self.out.parent, n_new * self.image_size**2 + store, max(staged, store),
+                    f"the store {self.out.name} ({self.n_slices + n_new} slices so far)")
+        try:
+            for b in batches:
+                self._staging.write(np.ascontiguousarray(b.images).tobytes())
+            self._staging.flush()
+        except OSError as err:
+            raise _write_error(err, self.out) from err
         self._records.append(record)
         self._n.append(sum(len(b.images) for b in batches))
         self._plane.append(np.concatenate(
@@ -119,23 +326,46 @@ class StoreWriter:
             raise ValueError(f"classes {self.classes} lack the regions {sorted(missing)}")
         self._staging.close()
         order = np.argsort(np.asarray(volume_split, dtype=np.int64), kind="stable")
-        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
-        os.close(fd)
-        self._tmp_path = Path(tmp)
-        with h5py.File(self._tmp_path, "w") as f:
-            ranges = self._write_slices(f, order, volume_split)
-            self._write_volume_table(f, order, volume_split)
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["classes"] = json.dumps(self.classes)
-            f.attrs["image_size"] = [self.image_size, self.image_size]
-            f.attrs["split_ranges"] = json.dumps(ranges)
-            for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value)
-        os.replace(self._tmp_path, self.out)
+        texts = {key: json.dumps(value) for key, value in attrs.items()}
+        reserve = (estimate_store_bytes(self.n_slices, self.image_size, len(self._records))
+                   + sum(len(t.encode()) for t in texts.values()))
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=self._prefix, suffix=".tmp")
+            self._tmp_path = Path(tmp)
+            with os.fdopen(fd, "w+b") as handle:
+                self._reserve(handle, reserve)
+                target = _Preallocated(handle)
+                with h5py.File(target, "w") as f:
+                    ranges = self._write_slices(f, order, volume_split)
+                    self._write_volume_table(f, order, volume_split)
+                    f.attrs["format_version"] = FORMAT_VERSION
+                    f.attrs["classes"] = json.dumps(self.classes)
+                    f.attrs["image_size"] = [self.image_size, self.image_size]
+                    f.attrs["split_ranges"] = json.dumps(ranges)
+                    for key, text in texts.items():
+                        f.attrs[key] = text
+                handle.truncate(target.eof)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(self._tmp_path, self.out)
+        except OSError as err:
+            raise _write_error(err, self.out) from err
         self._tmp_path = None
         self.abort()
         logger.info("wrote %s: %d slices of %d volumes", self.out, self.n_slices, len(order))
         return self.out
+
+    def _reserve(self, handle: BinaryIO, n_bytes: int) -> None:
+        """Allocate the store's disk space before HDF5 writes (see the module docstring)."""
+        check_space(self.out.parent, n_bytes, n_bytes, f"the store {self.out.name}")
+        if not hasattr(os, "posix_fallocate"):  # macOS: the check above is all there is
+            return
+        try:
+            os.posix_fallocate(handle.fileno(), 0, n_bytes)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystem without fallocate
+                return
+            raise _write_error(err, self.out) from err
 
     def _write_slices(self, f: h5py.File, order: np.ndarray, volume_split: Sequence[int]
                       ) -> dict[str, list[int]]:

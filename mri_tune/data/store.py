@@ -69,13 +69,24 @@ class SliceStore:
             raise StoreError(f"{self.path} lacks the dataset(s) {missing}; the store is "
                              "incomplete, re-ingest it")
         self.format_version = int(version)
-        self.classes: list[str] = json.loads(attrs["classes"])
-        self.image_size: tuple[int, int] = tuple(int(v) for v in attrs["image_size"])
-        self.split_ranges: dict[str, tuple[int, int]] = {
-            k: (int(a), int(b)) for k, (a, b) in json.loads(attrs["split_ranges"]).items()}
-        self.provenance: dict[str, Any] = json.loads(attrs.get("provenance", "{}"))
-        self.skipped: list[dict] = json.loads(attrs.get("skipped", "[]"))
-        self.warnings: list[str] = json.loads(attrs.get("warnings", "[]"))
+        try:
+            self.classes: list[str] = _json_attr(attrs, "classes", list)
+            self.image_size: tuple[int, int] = tuple(int(v) for v in attrs["image_size"])
+            self.split_ranges: dict[str, tuple[int, int]] = {
+                k: (int(a), int(b))
+                for k, (a, b) in _json_attr(attrs, "split_ranges", dict).items()}
+            self.provenance: dict[str, Any] = _json_attr(attrs, "provenance", dict, "{}")
+            self.skipped: list[dict] = _json_attr(attrs, "skipped", list, "[]")
+            self.warnings: list[str] = _json_attr(attrs, "warnings", list, "[]")
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
+            raise StoreError(f"{self.path} has a damaged or hand-edited attribute "
+                             f"({type(err).__name__}: {err}); only `mri-tune ingest` writes "
+                             "stores. Re-ingest it with `mri-tune ingest`") from err
+        if len(self.image_size) != 2 or any(k not in SPLITS for k in self.split_ranges) or any(
+                not 0 <= a <= b for a, b in self.split_ranges.values()):
+            raise StoreError(f"{self.path} has inconsistent attributes (image_size "
+                             f"{self.image_size}, split_ranges {self.split_ranges}); it was "
+                             "edited. Re-ingest it with `mri-tune ingest`")
         self._file: h5py.File | None = None
         self._pid: int | None = None
 
@@ -114,10 +125,15 @@ class SliceStore:
         """Read one split in one contiguous read per dataset; onto `device` if given."""
         if split not in SPLITS:
             raise InputError(f"split must be one of {list(SPLITS)}; got {split!r}")
-        start, stop = self.split_ranges[split]
+        start, stop = self.split_ranges.get(split, (0, 0))
         f = self._handle()
+        names = ("images", "labels", "volume", "plane", "slice_index")
+        if any(stop > f[name].shape[0] for name in names):
+            raise StoreError(f"{self.path} says its {split} split ends at slice {stop}, past the "
+                             f"end of its datasets ({min(f[n].shape[0] for n in names)} slices); "
+                             "it was edited or truncated. Re-ingest it with `mri-tune ingest`")
         arrays = {name: np.empty((stop - start,) + f[name].shape[1:], dtype=f[name].dtype)
-                  for name in ("images", "labels", "volume", "plane", "slice_index")}
+                  for name in names}
         for name, array in arrays.items():
             if stop > start:
                 f[name].read_direct(array, np.s_[start:stop])
@@ -174,6 +190,19 @@ class SliceStore:
             info["planes"][split] = {p: int(n) for p, n in zip(PLANES, plane_counts, strict=True)}
             info["subjects"][split] = sorted({v["subject"] for v in volumes if v["split"] == split})
         return info
+
+
+def _json_attr(attrs: dict[str, Any], name: str, kind: type, default: str | None = None
+               ) -> Any:
+    """A JSON-string attribute of the store, of the expected JSON type."""
+    raw = attrs[name] if default is None else attrs.get(name, default)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    value = json.loads(raw)
+    if not isinstance(value, kind):
+        raise TypeError(f"attribute {name!r} must be a JSON {kind.__name__}, got "
+                        f"{type(value).__name__}")
+    return value
 
 
 def format_info(info: dict[str, Any]) -> str:

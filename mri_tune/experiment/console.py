@@ -39,7 +39,8 @@ def short_config(config: Mapping[str, Any]) -> str:
 
 
 class SearchProgress(Callback):
-    """Prints a line per trial start and end, with the best loss so far and the trials left."""
+    """Prints a line per trial start and end, with the best loss of the trials that ended so far
+    and the number of trials left."""
 
     def __init__(self, num_samples: int, write: Callable[[str], None],
                  metric: str = paper.METRIC) -> None:
@@ -60,6 +61,12 @@ class SearchProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
+        # A resumed trial may end without a new result in this run (the driver died after its
+        # last epoch): Tune's own summary of all its results still has the minimum.
+        recorded = (getattr(trial, "metric_analysis", None) or {}).get(self.metric, {})
+        value = recorded.get("min") if isinstance(recorded, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.best[trial.trial_id] = min(value, self.best.get(trial.trial_id, math.inf))
         if result.get("failure"):
             outcome = f"failed {result['failure']}: {_first_line(result.get('failure_message'))}"
         else:
@@ -81,9 +88,10 @@ class SearchProgress(Callback):
                    f"{left} left")
 
     def _best_phrase(self, trials: list) -> str:
-        if not self.best:
+        ended = {t: loss for t, loss in self.best.items() if t in self.ended}
+        if not ended:
             return "best -"
-        trial_id = min(self.best, key=self.best.get)
+        trial_id = min(ended, key=ended.get)
         number = next((_number(t) for t in trials if t.trial_id == trial_id), trial_id)
         return f"best {self.best[trial_id]:.4f} (trial {number})"
 

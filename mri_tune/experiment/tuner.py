@@ -22,13 +22,19 @@ from mri_tune.errors import InputError
 from mri_tune.experiment.console import SearchProgress, show_once
 from mri_tune.experiment.record import check_same_search, write_search_record
 from mri_tune.experiment.resources import concurrent_slots, trial_resources
+from mri_tune.experiment.resume import infrastructure_errors, reopen_infrastructure_errors
 from mri_tune.experiment.settings import ExperimentSettings
 from mri_tune.experiment.space import IMAGES_PER_EPOCH, STORE_SIZE, baseline_config, param_space
 from mri_tune.experiment.trainable import TrialSettings, make_trainable
 from mri_tune_core import paper
-from searchers import GPPISearch, resolve_settings
+from searchers import GPSearch, resolve_settings
 
 logger = logging.getLogger(__name__)
+
+PENDING_FRACTION = 0.25
+"""Most trials pending at once, as a share of the trials left (measured on the searcher benchmark:
+32 slots, budget 50: score 23.5 without the cap, 60.4 with it, at about 4x the wall time; at 8
+slots it changed nothing)."""
 
 
 def prepare(settings: ExperimentSettings) -> Path:
@@ -75,6 +81,10 @@ class RaySession:
         folder = self.settings.local_experiment_dir
         if folder is not None and not self.settings.resume:
             write_search_record(self.settings, warmup_trials(self.settings), folder)
+        if not self.settings.verbose:
+            # Tune's new console prints an experiment box and paths even at verbose=0; its
+            # legacy reporter at verbose=0 prints nothing, leaving the console to SearchProgress.
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         ray.init(**ray_init_kwargs(self.settings), log_to_driver=self.settings.verbose)
         if not self.settings.verbose:
             show_once()
@@ -105,8 +115,11 @@ def build_tuner(settings: ExperimentSettings, cluster_cpus: float,
         cluster_cpus, settings.cpus_per_trial, settings.gpus, settings.gpus_per_trial)
     write(f"searching {settings.num_samples} configurations, {slots} at a time "
           f"({warmup_trials(settings)} random after the baseline, then the GP)")
-    searcher = GPPISearch(preset=settings.searcher_preset, warmup_trials=settings.warmup_trials,
-                          points_to_evaluate=[baseline_config(settings.scale)], seed=settings.seed)
+    searcher = GPSearch(preset=settings.searcher_preset, warmup_trials=settings.warmup_trials,
+                        points_to_evaluate=[baseline_config(settings.scale)], seed=settings.seed,
+                        # at most a quarter of the remaining trials pending, so that the GP sees
+                        # results before the budget is spent (benchmarks/RESULTS_searchers.md)
+                        budget=settings.num_samples, pending_fraction=PENDING_FRACTION)
     return tune.Tuner(
         _trainable(settings),
         param_space=param_space(settings.scale),
@@ -123,21 +136,38 @@ def build_tuner(settings: ExperimentSettings, cluster_cpus: float,
 def restore_tuner(settings: ExperimentSettings, write: Callable[[str], None]) -> tune.Tuner:
     """Tuner.restore of the experiment after a crash of the driver.
 
-    Finished trials are kept, unfinished ones continue from their last checkpoint, errored ones
-    are resumed from their last checkpoint (--on-error retry) or left as errors (report). The
-    searcher comes back from its own saved state, so no configuration is proposed twice and the
-    experiment still stops at num_samples trials.
+    Finished trials are kept; unfinished ones continue from their newest complete checkpoint
+    (trainable.py); so do errored trials whose worker, actor or node died (resume.py): that is
+    the infrastructure's failure, not theirs. Trials whose own code raised are resumed from their
+    last checkpoint with --on-error retry, and left as errors with report. The searcher comes
+    back from its own saved state, so no configuration is proposed twice and the experiment
+    still stops at num_samples trials.
     """
     write(f"resuming {settings.experiment_dir}")
+    folder = settings.local_experiment_dir
+    if folder is not None:
+        for trial in reopen_infrastructure_errors(folder):
+            write(f"continuing {trial}: its worker died, the trial did not fail")
     return tune.Tuner.restore(settings.experiment_dir, trainable=_trainable(settings),
                               resume_unfinished=True,
                               resume_errored=settings.on_error == "retry")
 
 
+def report_interrupted(settings: ExperimentSettings, write: Callable[[str], None]) -> None:
+    """After fit: say which trials a dead worker or a full disk stopped, and how to go on."""
+    folder = settings.local_experiment_dir
+    stopped = infrastructure_errors(folder) if folder is not None else []
+    if stopped:
+        write(f"{len(stopped)} trial(s) were stopped by a dead worker or a full disk, not by "
+              "their own code; once the cause is gone, run the same command with --resume to "
+              "continue them from their last checkpoint.")
+
+
 def _trainable(settings: ExperimentSettings):
     """The trial function, bound to the store and the scale's images per epoch, with resources."""
     trial = TrialSettings(store=Path(settings.store),
-                          images_per_epoch=IMAGES_PER_EPOCH[settings.scale], seed=settings.seed)
+                          images_per_epoch=IMAGES_PER_EPOCH[settings.scale], seed=settings.seed,
+                          experiment_dir=settings.local_experiment_dir)
     image_size = SliceStore(settings.store).image_size
     resources = trial_resources(settings.cpus_per_trial, settings.gpus_per_trial,
                                 settings.uses_gpus, image_size)

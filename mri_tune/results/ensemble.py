@@ -41,6 +41,9 @@ ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT_VERSION = 1
 RANKING = "best validation loss (minimum over epochs of the class-weighted cross-entropy)"
 _DROPPED_KEYS = ("optimizer", "rng")  # training state a member for inference does not need
+_MANIFEST_KEYS = ("format_version", "classes", "image_size", "preprocessing", "members",
+                  "baseline", "ranking")
+_MEMBER_KEYS = ("trial_id", "val_loss", "val_error", "weights")
 
 
 def build_ensemble(experiment_dir: Path, out: Path, top: int = paper.TOP_K,
@@ -52,6 +55,7 @@ def build_ensemble(experiment_dir: Path, out: Path, top: int = paper.TOP_K,
     """
     if top < 1:
         raise InputError(f"--top must be an integer >= 1. Got {top}; the paper averages 10.")
+    experiment_dir = Path(experiment_dir).expanduser().resolve()
     trials = load_trials(experiment_dir)
     ranked = rank_trials(trials)
     if not ranked:
@@ -175,11 +179,40 @@ def read_ensemble_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{folder} is not an ensemble folder (no {ENSEMBLE_FILE}); build one "
                          "with `mri-tune ensemble --experiment DIR --out ENS`.")
-    manifest = json.loads(path.read_text())
+    rebuild = "Rebuild the folder with `mri-tune ensemble --experiment DIR --out ENS`."
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not readable JSON ({err}); it was damaged or edited. "
+                         f"{rebuild}") from err
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path} must hold a JSON object; got {type(manifest).__name__}. "
+                         f"{rebuild}")
     if manifest.get("format_version") != ENSEMBLE_FORMAT_VERSION:
         raise InputError(f"{path} has ensemble format {manifest.get('format_version')!r}; this "
                          f"mri-tune reads format {ENSEMBLE_FORMAT_VERSION}. Rebuild it.")
+    _check_manifest(path, manifest, rebuild)
     return manifest
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any], rebuild: str) -> None:
+    """The keys and member files that loading and describing an ensemble use."""
+    missing = [key for key in _MANIFEST_KEYS if key not in manifest]
+    members = manifest.get("members")
+    baseline = manifest.get("baseline")
+    if missing or not isinstance(members, list) or not members or not (
+            baseline is None or isinstance(baseline, dict)):
+        raise InputError(f"{path} lacks or has malformed entries (missing: {missing}; members "
+                         f"must be a non-empty list, baseline an object or null). {rebuild}")
+    for member in members + ([baseline] if baseline else []):
+        weights = member.get("weights") if isinstance(member, dict) else None
+        absent = [k for k in _MEMBER_KEYS if not isinstance(member, dict) or k not in member]
+        if absent or not isinstance(weights, str):
+            raise InputError(f"{path}: a member lacks {absent or ['weights']}. {rebuild}")
+        file = (path.parent / weights).resolve()
+        if path.parent.resolve() not in file.parents or not file.is_file():
+            raise InputError(f"{path} names the member file {weights!r}, which is not a file "
+                             f"inside {path.parent}; a member was moved or deleted. {rebuild}")
 
 
 def load_ensemble(folder: Path, device: str = "cpu", part: str = "members") -> Ensemble:

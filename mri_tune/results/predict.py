@@ -7,6 +7,8 @@ Symbols (C classes, n slices of one volume):
     votes      {class: int}   how many slices have each class as their most probable one
     label      str            the volume's region: majority vote of its slices (ties: larger
                               summed probability), as in `mri_tune.results.evaluate.majority_vote`
+    confidence, uncertain     the vote margin and mean winning probability; "uncertain" when the
+                              margin is below `margin` (`mri_tune.results.evaluate.verdict`)
 
 A volume file is read and preprocessed by the ingest code (`volume_file_to_slices`) with the
 preprocessing parameters saved in the ensemble, so new volumes are sliced, oriented, resized and
@@ -25,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mri_tune.errors import InputError
 from mri_tune.results.ensemble import load_model
-from mri_tune.results.evaluate import majority_vote
+from mri_tune.results.evaluate import UNCERTAIN_MARGIN, check_margin, verdict
 from mri_tune_core import paper
 from mri_tune_datasets.preprocess import volume_file_to_slices
 
@@ -47,12 +49,23 @@ class SlicePrediction:
 @dataclass(frozen=True)
 class VolumePrediction:
     path: str
-    label: str
+    label: str  # the voted region (even when uncertain: `uncertain` says not to trust it)
     votes: dict[str, int]
     slices: tuple[SlicePrediction, ...]
+    vote_margin: float = 1.0
+    mean_probability: float = 1.0
+    uncertain: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """What a person is told: the region, or "uncertain" when the slices disagree."""
+        return "uncertain" if self.uncertain else self.label
 
     def to_dict(self) -> dict:
         return {"path": self.path, "label": self.label, "votes": self.votes,
+                "confidence": {"vote_margin": round(self.vote_margin, 4),
+                               "mean_probability": round(self.mean_probability, 4)},
+                "uncertain": self.uncertain,
                 "slices": [{"index": s.index, "plane": s.plane, "part": s.part,
                             "probs": s.probs, "decision": s.decision} for s in self.slices]}
 
@@ -75,24 +88,27 @@ def decisions(probs: np.ndarray, classes: tuple[str, ...], threshold: float
 
 
 def summarise_volume(path: str, probs: np.ndarray, classes: tuple[str, ...], threshold: float,
-                     index: np.ndarray, plane: list[str], part: list[str]) -> VolumePrediction:
+                     index: np.ndarray, plane: list[str], part: list[str],
+                     margin: float = UNCERTAIN_MARGIN) -> VolumePrediction:
     """Build one volume's prediction from its slices' probabilities (n, C) and slice keys (n,)."""
-    _, voted = majority_vote(probs, np.zeros(len(probs), dtype=np.int64))
-    counts = np.bincount(probs.argmax(axis=1), minlength=len(classes))
+    vote = verdict(probs, margin)
     slices = tuple(
         SlicePrediction(int(index[i]), plane[i], part[i],
                         {c: round(float(p), 6) for c, p in zip(classes, probs[i], strict=True)},
                         decision)
         for i, decision in enumerate(decisions(probs, classes, threshold)))
-    return VolumePrediction(path, classes[int(voted[0])],
-                            {c: int(n) for c, n in zip(classes, counts, strict=True)}, slices)
+    return VolumePrediction(path, classes[vote.label],
+                            {c: int(n) for c, n in zip(classes, vote.votes, strict=True)}, slices,
+                            vote.vote_margin, vote.mean_probability, vote.uncertain)
 
 
 def predict_volumes(model_path: Path, volumes: list[Path], threshold: float = DEFAULT_THRESHOLD,
-                    preprocessing: dict | None = None) -> list[VolumePrediction]:
+                    preprocessing: dict | None = None,
+                    margin: float = UNCERTAIN_MARGIN) -> list[VolumePrediction]:
     """Read, preprocess as ingest did, and classify each volume with `model_path`: an ensemble
     folder or one checkpoint (`preprocessing` overrides what the checkpoint recorded)."""
     check_threshold(threshold)
+    check_margin(margin)
     ensemble = load_model(model_path, preprocessing=preprocessing)
     if not ensemble.preprocessing:
         raise InputError(f"{model_path} records no preprocessing (a checkpoint of an older "
@@ -109,7 +125,7 @@ def predict_volumes(model_path: Path, volumes: list[Path], threshold: float = DE
         plane = [b.plane for b in batches for _ in range(len(b.images))]
         part = [b.part for b in batches for _ in range(len(b.images))]
         results.append(summarise_volume(str(path), probs, ensemble.classes, threshold,
-                                        index, plane, part))
+                                        index, plane, part, margin))
         logger.info("volume %d of %d, %s: %s (%d slices)", number, len(volumes), path,
                     results[-1].label, len(images))
     return results
@@ -184,7 +200,10 @@ def format_predictions(predictions: list[VolumePrediction], plot: Path | None = 
     for p in predictions:
         undecided = sum(s.decision is None for s in p.slices)
         votes = ", ".join(f"{c} {n}" for c, n in p.votes.items())
-        lines.append(f"{p.path}: {p.label} (votes: {votes}; {len(p.slices)} slices, "
+        verdict_text = (f"uncertain (the slices disagree; leaning {p.label})" if p.uncertain
+                        else p.label)
+        lines.append(f"{p.path}: {verdict_text} (votes: {votes}; margin {p.vote_margin:.2f}, "
+                     f"mean p {p.mean_probability:.2f}; {len(p.slices)} slices, "
                      f"{undecided} below the threshold)")
     if plot is not None:
         lines.append(f"slice profiles written to {plot}")

@@ -24,10 +24,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mri_tune.data.store import PLANES, SliceStore
 from mri_tune.experiment.console import short_config
 from mri_tune.experiment.record import read_search_record
 from mri_tune.results.ensemble import read_ensemble_manifest
 from mri_tune.results.evaluate import Evaluation, EvaluationReport, evaluate
+from mri_tune.results.predict import DEFAULT_THRESHOLD, plot_profiles, summarise_volume
 from mri_tune.results.trials import TrialRecord, load_trials, rank_trials
 from mri_tune_core import paper
 
@@ -192,12 +194,63 @@ def write_report(experiment_dir: Path, ensemble_dir: Path, store: Path, out: Pat
         evaluation = evaluate(Path(ensemble_dir), Path(store), split)
     plot_search_progress(trials, warmup_end, baseline, out / "search_progress.png")
     plot_confusions(evaluation.models, out / "confusion.png")
+    profiles = plot_flagged_profiles(evaluation, SliceStore(store), out / "flagged_profiles.png")
     (out / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=1))
     text = _markdown(trials, record, manifest, baseline, evaluation)
+    text += volume_section(evaluation, profiles)
     path = out / "report.md"
     path.write_text("\n".join(text) + "\n")
     logger.info("report written to %s", path)
     return path
+
+
+def flagged_model(evaluation: EvaluationReport) -> str:
+    """The model whose volumes the report lists: the ensemble, else the single model."""
+    return "ensemble" if "ensemble" in evaluation.models else next(iter(evaluation.models))
+
+
+def plot_flagged_profiles(evaluation: EvaluationReport, store: SliceStore,
+                          out: Path) -> Path | None:
+    """Fig. 6 profiles of the wrong and uncertain volumes of the listed model (None if none)."""
+    name = flagged_model(evaluation)
+    flagged = [v for v in evaluation.models[name].volumes if v.uncertain or not v.correct]
+    probs = evaluation.probabilities.get(name)
+    if not flagged or probs is None:
+        return None
+    split = store.load_split(evaluation.split)
+    volume = split.volume.numpy()
+    predictions = []
+    for v in flagged:
+        mine = volume == v.volume
+        planes = [PLANES[int(p)] for p in split.plane.numpy()[mine]]
+        label = f"{v.path} ({v.truth}, called {v.predicted}{', uncertain' if v.uncertain else ''})"
+        predictions.append(summarise_volume(label, probs[mine], evaluation.models[name].classes,
+                                            DEFAULT_THRESHOLD, split.slice_index.numpy()[mine],
+                                            planes, [v.part] * int(mine.sum())))
+    return plot_profiles(predictions, out, DEFAULT_THRESHOLD)
+
+
+def volume_section(evaluation: EvaluationReport, profiles: Path | None) -> list[str]:
+    """Every volume of the evaluated split: path, truth, verdict, votes and confidence."""
+    name = flagged_model(evaluation)
+    ev = evaluation.models[name]
+    lines = ["", f"## Every volume of the {evaluation.split} split ({name})", "",
+             f"{sum(v.correct for v in ev.volumes)} of {len(ev.volumes)} right; "
+             f"{sum(v.uncertain for v in ev.volumes)} uncertain (the winning region leads by "
+             "less than the margin); accuracy of the rest "
+             f"{_num(ev.accuracy_of_certain)}.", "",
+             "| volume | true | predicted | votes | margin | mean p | |",
+             "|---|---|---|---|---|---|---|"]
+    for v in ev.volumes:
+        votes = ", ".join(f"{c} {n}" for c, n in v.votes.items() if n)
+        status = "uncertain" if v.uncertain else ("" if v.correct else "**wrong**")
+        part = f" [{v.part}]" if v.part else ""
+        lines.append(f"| `{v.path}`{part} | {v.truth} | {v.predicted} | {votes} | "
+                     f"{v.vote_margin:.2f} | {v.mean_probability:.2f} | {status} |")
+    if profiles is not None:
+        lines += ["", "### Slice profiles of the wrong and uncertain volumes (Fig. 6)", "",
+                  f"![profiles]({profiles.name})"]
+    return lines
 
 
 def _markdown(trials: list[TrialRecord], record: dict, manifest: dict,

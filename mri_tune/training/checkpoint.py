@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,10 @@ from mri_tune.training.trainer import EpochMetrics, Trainer
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT_VERSION = 1
 METRICS_FILE = "metrics.json"
+REQUIRED_KEYS = ("format_version", "spec", "num_classes", "image_size", "class_names",
+                 "train_config", "model", "epoch", "history")
+_FIX = ("Use a checkpoint.pt written by mri-tune (`mri-tune train --out DIR`, or a trial's "
+        "checkpoint_* folder of a search), or retrain.")
 
 
 def save_checkpoint(directory: Path, trainer: Trainer,
@@ -69,12 +75,34 @@ def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
         raise InputError(f"No checkpoint at {path}: expected a {CHECKPOINT_FILE} file or a "
                          "folder holding one (mri-tune train --out DIR, or a Tune trial's "
                          "checkpoint_* folder).")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses anything but tensors and plain values: a pickle of other
+        # objects, or bytes that are no pickle at all. Either way nothing of it has run.
+        raise InputError(f"{path} is not an mri-tune checkpoint: it holds data that is not "
+                         f"tensors and plain values, or is no checkpoint at all "
+                         f"({_first_line(err)}); it was not loaded. {_FIX}") from err
+    except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path} is not a readable checkpoint: it is truncated or corrupt "
+                         f"({_first_line(err)}). {_FIX}") from err
+    if not isinstance(payload, dict):
+        raise InputError(f"{path} holds a {type(payload).__name__}, not an mri-tune checkpoint "
+                         f"dict. {_FIX}")
     version = payload.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
         raise InputError(f"{path} has checkpoint format {version!r}; this mri-tune reads "
                          f"format {CHECKPOINT_FORMAT_VERSION}. Retrain or use a matching version.")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise InputError(f"{path} lacks the checkpoint entries {missing}; it was edited or "
+                         f"written by another program. {_FIX}")
     return payload
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -95,14 +123,20 @@ class LoadedModel:
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint (file or folder) for inference on `device`."""
     payload = read_checkpoint(path, map_location=device)
-    spec = CNNSpec.from_dict(payload["spec"])
-    image_size = (int(payload["image_size"][0]), int(payload["image_size"][1]))
-    model = RegionCNN(spec, int(payload["num_classes"]), image_size, device="meta")
-    model.load_state_dict(payload["model"], assign=True)  # no throw-away initialisation
-    model.to(device).eval()
-    return LoadedModel(model, spec, list(payload["class_names"]), image_size,
-                       TrainConfig.from_dict(payload["train_config"]), int(payload["epoch"]),
-                       list(payload["history"]), dict(payload.get("preprocessing", {})))
+    try:
+        spec = CNNSpec.from_dict(payload["spec"])
+        image_size = (int(payload["image_size"][0]), int(payload["image_size"][1]))
+        model = RegionCNN(spec, int(payload["num_classes"]), image_size, device="meta")
+        model.load_state_dict(payload["model"], assign=True)  # no throw-away initialisation
+        model.to(device).eval()
+        return LoadedModel(model, spec, list(payload["class_names"]), image_size,
+                           TrainConfig.from_dict(payload["train_config"]),
+                           int(payload["epoch"]), list(payload["history"]),
+                           dict(payload.get("preprocessing") or {}))
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+        raise InputError(f"{path} is not a consistent mri-tune checkpoint: its model does not "
+                         f"match its description ({type(err).__name__}: {_first_line(err)}). "
+                         f"{_FIX}") from err
 
 
 def write_metrics(path: Path, history: Sequence[EpochMetrics]) -> None:

@@ -1,14 +1,17 @@
-"""`GPPISearch`: the Ray Tune `Searcher` over `GPSearchCore`; the only module that imports Ray.
+"""`GPSearch`: the Ray Tune `Searcher` over `GPSearchCore`; the only module that imports Ray.
 
 Usage inside a Tuner (space, metric and mode may also come from the Tuner):
 
     tuner = tune.Tuner(trainable, param_space=paper_space(),
-                       tune_config=tune.TuneConfig(search_alg=GPPISearch(seed=0), metric="val_loss",
+                       tune_config=tune.TuneConfig(search_alg=GPSearch(seed=0), metric="val_loss",
                                                    mode="min", num_samples=150,
                                                    max_concurrent_trials=8))
 
 The searcher keeps its own pending set, so `max_concurrent_trials` (or `set_max_concurrency`)
-just bounds how many trials run at once; parallel proposals differ by construction.
+just bounds how many trials run at once; parallel proposals differ by construction. With
+`budget=` (the run's num_samples) and `pending_fraction=`, `suggest` also returns None (Tune
+asks again later) while more than that fraction of the remaining budget is pending, so that the
+GP sees results before the budget is spent (benchmarks/RESULTS_searchers.md measures it).
 Results: a trial that errors (`error=True`), reports a `failure` key, or a missing or non-finite
 metric counts as failed. A result for a trial id the searcher never proposed (Tune's
 `restart_errored`) is placed by its `config` / `config/...` keys, or ignored with a debug log.
@@ -22,8 +25,10 @@ import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ray import tune
 from ray.tune.search import Searcher
 
+from mri_tune_core.paper import TABLE1
 from searchers.core import GPSearchCore
 from searchers.errors import SearchSpaceError
 from searchers.settings import SearchSettings, resolve_settings
@@ -34,18 +39,21 @@ logger = logging.getLogger(__name__)
 _MODES = {"min": 1.0, "max": -1.0}  # internal loss = sign * metric
 
 
-class GPPISearch(Searcher):
-    """Random warm-up, then a GP over the whole candidate grid (see searchers/core.py).
+class GPSearch(Searcher):
+    """Random warm-up, then a GP model of the loss over any space (see searchers/core.py).
 
     Args:
         space: a Ray Tune param space (or a prebuilt `SearchSpace`); None to take the Tuner's.
         metric, mode: the reported metric and "min" / "max"; None to take the Tuner's.
         warmup_trials: random trials after `points_to_evaluate` (preset value when None).
-        targets: PI targets as relative improvements on the best loss, e.g. (0.0, 0.25).
+        targets: PI targets as relative improvements on the best loss, e.g. (0.0, 0.25)
+            (used by acquisition "pi", as in the "paper" preset).
         points_to_evaluate: configs to run first (e.g. the paper's baseline).
         seed: seed of the random warm-up and of the GP restarts.
-        preset: "default" or "paper" (Bertrand et al. 2017, reproduced); see settings.py.
-        **overrides: any other `SearchSettings` field (kernel, acquisition, candidates, ...).
+        preset: "default" (the measured best) or "paper" (Bertrand et al. 2017: RBF kernel,
+            dual-target PI, 47 warm-up trials); see settings.py.
+        **overrides: any other `SearchSettings` field (kernel, acquisition, batch_rule,
+            budget, pending_fraction, ...).
     """
 
     def __init__(self, space: Mapping[str, Any] | SearchSpace | None = None,
@@ -66,7 +74,7 @@ class GPPISearch(Searcher):
 
     def _make_core(self, space: Mapping[str, Any] | SearchSpace) -> GPSearchCore:
         grid = space if isinstance(space, SearchSpace) else build_space(space,
-                                                                        self._settings.space)
+                                                                        self._settings.space_settings)
         return GPSearchCore(grid, self._settings, self._seed, self._points)
 
     # ---- Ray's Searcher API ---------------------------------------------------------------
@@ -87,6 +95,9 @@ class GPPISearch(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         core = self._require_ready()
         if self._max_concurrent and len(core.pending) >= self._max_concurrent:
+            return None
+        cap = core.pending_cap()
+        if cap is not None and core.pending and len(core.pending) >= cap:
             return None
         config = core.propose(trial_id)
         return Searcher.FINISHED if config is None else config
@@ -134,7 +145,7 @@ class GPPISearch(Searcher):
     def _require_ready(self) -> GPSearchCore:
         if self._core is None or self._metric is None or self._mode is None:
             raise SearchSpaceError(
-                "GPPISearch has no search space, metric or mode yet; pass space=, metric= and "
+                "GPSearch has no search space, metric or mode yet; pass space=, metric= and "
                 "mode= to it, or give the Tuner a param_space and TuneConfig(metric, mode). Got "
                 f"space={'set' if self._core else None}, metric={self._metric!r}, "
                 f"mode={self._mode!r}."
@@ -168,3 +179,8 @@ def _result_config(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     flat = {key[len("config/"):]: value for key, value in result.items()
             if key.startswith("config/")}
     return flat or None
+
+
+def paper_space() -> dict[str, Any]:
+    """Table 1 of the paper (`mri_tune_core.paper.TABLE1`) as a Ray Tune param space."""
+    return {name: tune.choice(values) for name, values in TABLE1.items()}
