@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mri_tune.data.samples import ensure_store
+from mri_tune.data.samples import find_samples
 from mri_tune.data.store import SliceStore
+from mri_tune.errors import InputError
 from mri_tune.results.generalization import (
     Fold,
     Recipe,
@@ -60,6 +61,7 @@ from mri_tune.training.augment import POLICIES, policy
 from mri_tune.training.config import TrainConfig, baseline_specs
 from mri_tune.training.device import resolve_device
 from mri_tune.training.model import CNNSpec
+from mri_tune_datasets.ingest import IngestSettings, ingest
 
 SITES: tuple[tuple[str, str], ...] = (
     ("mricron-data", "head-templates"),  # Colin27: 27 scans of one person averaged
@@ -89,8 +91,26 @@ SHIPPED_POLICY = "scanner"
 
 def site_of(row: Mapping[str, Any]) -> str:
     """The site of a store volume-table row, from its manifest `source` column."""
-    source = str(row["metadata"].get("source", row["path"]))
+    if "source" not in row["metadata"]:
+        raise InputError(f"The store's volume table has no `source` column (volume {row['path']})"
+                         "; leave-one-site-out needs it. Ingest with keep_columns=('source',) "
+                         "(--keep-columns source), or let this benchmark build its store.")
+    source = str(row["metadata"]["source"])
     return next((site for key, site in SITES if key in source), source)
+
+
+def ensure_store(path: Path, size: int) -> Path:
+    """The benchmark's store of the sample data (all planes, the `source` column kept)."""
+    if path.is_file():
+        return path
+    folder = find_samples()
+    if folder is None:
+        raise InputError("The generalisation benchmark needs the sample data: set "
+                         "MRI_TUNE_SAMPLES to its folder or place it at ../shared/data/mri.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ingest(IngestSettings(manifest=folder / "manifest.csv", out=path, size=size, planes="all",
+                          keep_columns=("source",)))
+    return path
 
 
 def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
