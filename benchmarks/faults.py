@@ -173,6 +173,8 @@ def _partial(folder: Path) -> int:
 
 
 def _start_paused(args: list[str], ready: Path) -> subprocess.Popen | None:
+    """`mri-tune ARGS`, paused at its second row (the READY file is removed once seen), or None
+    when it never got there."""
     proc = subprocess.Popen([sys.executable, "-c", PAUSED, str(ready), *args], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + HANG_SECONDS
@@ -182,7 +184,17 @@ def _start_paused(args: list[str], ready: Path) -> subprocess.Popen | None:
             proc.communicate()
             return None
         time.sleep(0.01)  # polling for a state, not waiting a duration
+    ready.unlink()
     return proc
+
+
+def _signalled_row(name: str, proc: subprocess.Popen, out: Path, before: bytes) -> FaultRow:
+    """The row of an ingest stopped by SIGTERM: exit 143, the old store untouched."""
+    run = _wait(proc)
+    intact = out.read_bytes() == before
+    ok = run.returncode == 143 and intact and "Traceback" not in run.stderr
+    return FaultRow(name, f"rc {run.returncode}, old store intact: {intact}", ok,
+                    _partial(out.parent), run.hang)
 
 
 def _wait(proc: subprocess.Popen) -> Run:
@@ -221,12 +233,8 @@ def sigterm_during_ingest(ctx: Context) -> FaultRow:
     if proc is None:
         return FaultRow(name, "ingest never reached its second row", False, _partial(out.parent),
                         False)
-    (out.parent / "ready").unlink()
     proc.send_signal(signal.SIGTERM)
-    run = _wait(proc)
-    ok = run.returncode == 143 and out.read_bytes() == before and "Traceback" not in run.stderr
-    return FaultRow(name, f"rc {run.returncode}, old store intact: {out.read_bytes() == before}",
-                    ok, _partial(out.parent), run.hang)
+    return _signalled_row(name, proc, out, before)
 
 
 def sigterm_at_first_staged_bytes(ctx: Context) -> FaultRow:
@@ -240,10 +248,7 @@ def sigterm_at_first_staged_bytes(ctx: Context) -> FaultRow:
     while proc.poll() is None and time.monotonic() < deadline and not _staged(out.parent):
         time.sleep(0.002)  # polling for a state, not waiting a duration
     proc.send_signal(signal.SIGTERM)
-    run = _wait(proc)
-    ok = run.returncode == 143 and out.read_bytes() == before and "Traceback" not in run.stderr
-    return FaultRow(name, f"rc {run.returncode}, old store intact: {out.read_bytes() == before}",
-                    ok, _partial(out.parent), run.hang)
+    return _signalled_row(name, proc, out, before)
 
 
 def sigkill_then_rerun(ctx: Context) -> FaultRow:
@@ -253,7 +258,6 @@ def sigkill_then_rerun(ctx: Context) -> FaultRow:
     if proc is None:
         return FaultRow(name, "ingest never reached its second row", False, _partial(out.parent),
                         False)
-    (out.parent / "ready").unlink()
     proc.kill()
     killed = _wait(proc)
     left, intact = _partial(out.parent), out.read_bytes() == before
@@ -290,7 +294,6 @@ def concurrent_ingests(ctx: Context) -> FaultRow:
     if first is None:
         return FaultRow(name, "first ingest never reached its second row", False,
                         _partial(folder), False)
-    (folder / "ready").unlink()
     second = _cli(ctx.ingest_args(manifest, out))
     first.send_signal(signal.SIGUSR1)  # resume the first
     done = _wait(first)
