@@ -100,7 +100,7 @@ def site_of(row: Mapping[str, Any]) -> str:
     return next((site for key, site in SITES if key in source), source)
 
 
-def ensure_store(path: Path, size: int) -> Path:
+def ensure_store(path: Path, size: int, field_of_view_mm: float = 0.0) -> Path:
     """The benchmark's store of the sample data (all planes, the `source` column kept)."""
     if path.is_file():
         return path
@@ -110,7 +110,7 @@ def ensure_store(path: Path, size: int) -> Path:
                          "MRI_TUNE_SAMPLES to its folder or place it at ../shared/data/mri.")
     path.parent.mkdir(parents=True, exist_ok=True)
     ingest(IngestSettings(manifest=folder / "manifest.csv", out=path, size=size, planes="all",
-                          keep_columns=("source",)))
+                          keep_columns=("source",), field_of_view_mm=field_of_view_mm))
     return path
 
 
@@ -170,6 +170,8 @@ def parse_args() -> argparse.Namespace:
                       help="store of the sample data, ingested on first use "
                            "(default: benchmark_output/generalization_SIZE.h5)")
     data.add_argument("--size", type=int, default=32, help="slice side of the store")
+    data.add_argument("--field-of-view", type=float, default=0.0, metavar="MM",
+                      help="ingest every slice at this physical field of view (0: fit each)")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--protocol", choices=["loso", "kfold", "both"], default="loso")
     protocol.add_argument("--folds", type=int, default=4, help="k of the subject k-fold")
@@ -200,7 +202,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     store = SliceStore(ensure_store(
-        args.store or Path(f"benchmark_output/generalization_{args.size}.h5"), args.size))
+        args.store or Path(f"benchmark_output/generalization_{args.size}.h5"), args.size,
+        args.field_of_view))
     data = pool_store(store)
     seeds = [int(s) for s in args.seeds.split(",")]
     paper_seeds = [int(s) for s in args.paper_seeds.split(",")]

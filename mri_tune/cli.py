@@ -34,6 +34,10 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="slices are resized to SIZE x SIZE")
     p.add_argument("--planes", choices=["acquisition", "all"], default="acquisition",
                    help="slice along the acquisition axis only, or along all three axes")
+    p.add_argument("--field-of-view", type=float, default=0.0, metavar="MM",
+                   help="draw every slice at one physical scale: SIZE pixels span MM mm "
+                        "(0, the default: each slice's longer side fills the image); see "
+                        "benchmarks/RESULTS_generalization.md for what it changes")
     p.add_argument("--split", default=",".join(f"{f:g}" for f in paper.SPLIT_FRACTIONS),
                    help="train,validation,test fractions of subjects per region")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
@@ -63,7 +67,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         on_error=args.on_error, max_frames=args.max_frames,
         allow_small_regions=args.allow_small_regions,
         keep_columns=parse_keep_columns(args.keep_columns),
-        allow_outside_root=args.allow_outside_root,
+        allow_outside_root=args.allow_outside_root, field_of_view_mm=args.field_of_view,
     )
     try:
         report = ingest(settings)

@@ -52,3 +52,21 @@ def test_max_frames_planes_and_seed(tiny, capsys) -> None:
     other = _ingest([*base, "--out", str(tiny.folder / "c.h5"), "--seed", "5"], capsys)
     assert sorted(sum(other["subjects"].values(), [])) == ["s0", "s1", "s2", "s3"]
     assert three["provenance"]["preprocessing"]["planes"] == "all"
+
+
+def test_field_of_view_is_recorded_and_reproduced_by_predicts_reader(tiny, capsys) -> None:
+    from mri_tune_datasets.preprocess import volume_file_to_slices
+
+    rows = [(tiny.nifti(f"v{i}.nii.gz", tiny.phantom((24, 24, 12), seed=i)).name, "head", f"s{i}")
+            for i in range(3)]
+    manifest = tiny.manifest(rows)
+    out = tiny.folder / "fov.h5"
+    info = _ingest(["--manifest", str(manifest), "--out", str(out), "--size", "16",
+                    "--field-of-view", "96"], capsys)
+    assert info["provenance"]["preprocessing"]["field_of_view_mm"] == 96.0
+    store = SliceStore(out)
+    volume = store.volumes()[0]
+    (batch,) = volume_file_to_slices(tiny.folder / volume["path"], store.preprocessing)
+    stored = store.load_split(store.volumes()[0]["split"]).images.numpy()
+    assert any((stored[i] == batch.images[0]).all() for i in range(len(stored)))
+    assert not batch.images[0, :4].any()  # 24 mm of a 96 mm field: a quarter, centred

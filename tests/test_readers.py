@@ -139,6 +139,32 @@ def test_resize_preserves_physical_aspect() -> None:
     assert out.shape == (1, 32, 32)
 
 
+def test_field_of_view_draws_every_slice_at_one_physical_scale() -> None:
+    small = np.ones((1, 20, 20), np.float32)  # 100 x 100 mm
+    large = np.ones((1, 50, 50), np.float32)  # 400 x 400 mm
+    fit = [resize_slices(x, (s, s), 32) for x, s in ((small, 5.0), (large, 8.0))]
+    assert all((f[0] > 0).all() for f in fit)  # fit: both fill the frame
+    fixed_small, fixed_large = (resize_slices(x, (s, s), 32, field_of_view_mm=200.0)
+                                for x, s in ((small, 5.0), (large, 8.0)))
+    rows = np.flatnonzero(fixed_small[0].max(axis=1) > 0)
+    assert len(rows) == 16 and rows[0] == 8  # 100 mm of a 200 mm field: half, centred
+    assert (fixed_large[0] > 0).all()  # 400 mm cropped to the central 200 mm
+    ramp = np.tile(np.arange(50, dtype=np.float32), (1, 50, 1))
+    centre = resize_slices(ramp, (8.0, 8.0), 32, field_of_view_mm=200.0)[0]
+    assert abs(centre.mean() - ramp.mean()) < 1.0  # the crop is centred
+    with pytest.raises(InputError, match="field_of_view_mm"):
+        Preprocessing(field_of_view_mm=5.0)
+
+
+def test_field_of_view_thins_slices_at_its_own_pixel_size(tiny) -> None:
+    path = tiny.nifti("cube.nii.gz", tiny.phantom((32, 32, 32)))  # 32 mm
+    fit = volume_file_to_slices(path, Preprocessing(size=32))[0]
+    fixed = volume_file_to_slices(path, Preprocessing(size=32, field_of_view_mm=128.0))[0]
+    assert len(fixed.images) < len(fit.images)  # 4 mm pixels: every 4th 1-mm slice
+    assert fixed.images.shape[1:] == fit.images.shape[1:] == (32, 32)
+    assert not fixed.images[:, :8].any() and fixed.images[:, 8:24].any()  # 32 of 128 mm
+
+
 def test_slices_column_crops_the_acquisition_axis(tiny) -> None:
     path = tiny.nifti("long.nii.gz", tiny.phantom((24, 24, 20)))
     (raw,) = read_volumes(path, 1)

@@ -96,6 +96,7 @@ class IngestSettings:
     allow_small_regions: bool = False
     keep_columns: tuple[str, ...] = ()
     allow_outside_root: bool = False
+    field_of_view_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.on_error not in ("fail", "skip"):
@@ -110,7 +111,8 @@ class IngestSettings:
         self.preprocessing()  # validates size, planes, max_frames
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(size=self.size, planes=self.planes, max_frames=self.max_frames)
+        return Preprocessing(size=self.size, planes=self.planes, max_frames=self.max_frames,
+                             field_of_view_mm=self.field_of_view_mm)
 
     @property
     def root_folder(self) -> Path:

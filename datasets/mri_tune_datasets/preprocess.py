@@ -14,7 +14,10 @@ Choices (docs/INGEST.md explains each):
   (robust to a few hot voxels), computed once per 3D volume so that slices keep their relative
   brightness.
 - A slice is resized preserving its physical aspect ratio (voxel spacing), then padded to square,
-  so that anisotropic voxels do not distort anatomy.
+  so that anisotropic voxels do not distort anatomy. By default its longer side fills the image
+  ("fit"); with `field_of_view_mm` > 0 every slice is drawn at the same physical scale instead
+  (`size` pixels span that many mm, centred, cropped or padded), so the size of the anatomy in
+  the image is its size in the body: a head and an abdomen no longer fill the frame alike.
 - With planes="all", a plane orthogonal to the acquisition whose image would be a thin strip
   (short side / long side < `min_orthogonal_aspect`, e.g. 5 slices of 5 mm) is skipped.
 - Along each plane's axis, slices closer together than `min_slice_gap_px` output pixels are
@@ -65,6 +68,7 @@ class Preprocessing:
     max_spacing_mm: float = 20.0
     max_frames: int = 3
     min_slice_gap_px: float = 1.0
+    field_of_view_mm: float = 0.0  # 0: each slice's longer side fills the image
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
@@ -77,6 +81,13 @@ class Preprocessing:
                              f"{self.low_percentile}, {self.high_percentile}")
         if self.max_frames < 1:
             raise InputError(f"max_frames must be >= 1; got {self.max_frames}")
+        if not (self.field_of_view_mm == 0 or 10 <= self.field_of_view_mm <= 2000):
+            raise InputError(f"field_of_view_mm must be 0 (fit each slice) or in [10, 2000] mm; "
+                             f"got {self.field_of_view_mm}; e.g. --field-of-view 400")
+
+    def pixel_mm(self, extent_mm: float) -> float:
+        """Output pixel size in mm of a slice whose longer side spans `extent_mm`."""
+        return (self.field_of_view_mm or extent_mm) / self.size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,29 +202,42 @@ def plane_images(volume: CanonicalVolume, plane: str, prep: Preprocessing
     extent = max(volume.data.shape[first] * volume.spacing[first],
                  volume.data.shape[second] * volume.spacing[second])
     # 1e-6: a spacing of exactly half an output pixel counts as half (float rounding).
-    step = max(1, int(prep.min_slice_gap_px * extent / prep.size / volume.spacing[axis] + 1e-6))
+    step = max(1, int(prep.min_slice_gap_px * prep.pixel_mm(extent) / volume.spacing[axis]
+                      + 1e-6))
     index = np.arange(0, volume.data.shape[axis], step)
     stack = np.moveaxis(volume.data, axis, 0)[index]  # (n, first, second)
     images = stack.transpose(0, 2, 1)[:, ::-1, :]  # H = second axis, anterior/superior on top
     return images, index, (volume.spacing[second], volume.spacing[first])
 
 
-def resize_slices(images: np.ndarray, spacing: tuple[float, float], size: int) -> np.ndarray:
-    """(n, h, w) float -> (n, size, size) float: the physical aspect ratio is preserved (the
-    longer physical side fills `size`), the shorter side is padded with zeros, centred."""
+def resize_slices(images: np.ndarray, spacing: tuple[float, float], size: int,
+                  field_of_view_mm: float = 0.0) -> np.ndarray:
+    """(n, h, w) float -> (n, size, size) float, the physical aspect ratio preserved and the
+    image centred. `field_of_view_mm` 0: the longer physical side fills `size`, the shorter is
+    padded with zeros; > 0: `size` pixels span that many mm, and a side longer than that is
+    cropped (centred), a shorter one padded."""
     n, h, w = images.shape
     extent_h, extent_w = h * spacing[0], w * spacing[1]
-    scale = size / max(extent_h, extent_w)
-    th = min(size, max(1, round(extent_h * scale)))
-    tw = min(size, max(1, round(extent_w * scale)))
+    scale = size / (field_of_view_mm or max(extent_h, extent_w))
+    th, tw = max(1, round(extent_h * scale)), max(1, round(extent_w * scale))
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
     antialias = th < h or tw < w
     x = torch.nn.functional.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False,
                                         antialias=antialias)[:, 0]
     out = torch.zeros((n, size, size), dtype=torch.float32)
-    top, left = (size - th) // 2, (size - tw) // 2
-    out[:, top:top + th, left:left + tw] = x
+    rows, src_rows = _centred(th, size)
+    cols, src_cols = _centred(tw, size)
+    out[:, rows, cols] = x[:, src_rows, src_cols]
     return out.numpy()
+
+
+def _centred(length: int, size: int) -> tuple[slice, slice]:
+    """Where a centred run of `length` pixels lands in `size` (destination, source slices)."""
+    if length <= size:
+        start = (size - length) // 2
+        return slice(start, start + length), slice(0, length)
+    start = (length - size) // 2
+    return slice(0, size), slice(start, start + size)
 
 
 def planes_of(volume: CanonicalVolume, prep: Preprocessing) -> list[str]:
@@ -239,7 +263,7 @@ def volume_to_slices(volume: CanonicalVolume, prep: Preprocessing, part: str = "
     batches = []
     for plane in planes_of(volume, prep):
         images, index, spacing = plane_images(unit_volume, plane, prep)
-        resized = resize_slices(images, spacing, prep.size)
+        resized = resize_slices(images, spacing, prep.size, prep.field_of_view_mm)
         quantised = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
         keep = quantised.reshape(len(quantised), -1).std(axis=1) >= prep.min_slice_std
         if keep.any():
