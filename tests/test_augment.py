@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -117,6 +118,17 @@ def test_every_policy_keeps_shape_dtype_range_and_device(name: str) -> None:
     assert out.device == images.device
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert torch.isfinite(out).all()
+
+
+def test_every_channel_of_an_image_gets_the_same_transform() -> None:
+    one = _batch(size=6)
+    two = torch.cat([one, one], dim=1)  # (B, 2, H, W): the second channel a copy of the first
+    out = augment(two, dataclasses.replace(policy("scanner"), max_noise_std=0.0),
+                  torch.Generator().manual_seed(3))
+    assert out.shape == two.shape
+    torch.testing.assert_close(out[:, 0], out[:, 1])  # same geometry, intensity and blur
+    again = augment(two, policy("scanner"), torch.Generator().manual_seed(3))
+    assert torch.equal(again, augment(two, policy("scanner"), torch.Generator().manual_seed(3)))
 
 
 def test_scanner_policy_is_seeded() -> None:

@@ -54,7 +54,7 @@ def test_max_frames_planes_and_seed(tiny, capsys) -> None:
     assert three["provenance"]["preprocessing"]["planes"] == "all"
 
 
-def test_field_of_view_is_recorded_and_reproduced_by_predicts_reader(tiny, capsys) -> None:
+def test_field_of_view_channel_is_stored_recorded_and_reproduced_by_predicts_reader(tiny, capsys) -> None:
     from mri_tune_datasets.preprocess import volume_file_to_slices
 
     rows = [(tiny.nifti(f"v{i}.nii.gz", tiny.phantom((24, 24, 12), seed=i)).name, "head", f"s{i}")
@@ -65,8 +65,10 @@ def test_field_of_view_is_recorded_and_reproduced_by_predicts_reader(tiny, capsy
                     "--field-of-view", "96"], capsys)
     assert info["provenance"]["preprocessing"]["field_of_view_mm"] == 96.0
     store = SliceStore(out)
+    assert store.channels == 2
     volume = store.volumes()[0]
     (batch,) = volume_file_to_slices(tiny.folder / volume["path"], store.preprocessing)
-    stored = store.load_split(store.volumes()[0]["split"]).images.numpy()
+    stored = store.load_split(volume["split"]).images.numpy()
+    assert stored.shape[1:] == batch.images.shape[1:] == (2, 16, 16)
     assert any((stored[i] == batch.images[0]).all() for i in range(len(stored)))
-    assert not batch.images[0, :4].any()  # 24 mm of a 96 mm field: a quarter, centred
+    assert not batch.images[0, 1, :4].any()  # 24 mm of a 96 mm field: a quarter, centred

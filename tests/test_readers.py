@@ -156,13 +156,15 @@ def test_field_of_view_draws_every_slice_at_one_physical_scale() -> None:
         Preprocessing(field_of_view_mm=5.0)
 
 
-def test_field_of_view_thins_slices_at_its_own_pixel_size(tiny) -> None:
+def test_field_of_view_adds_a_fixed_scale_channel(tiny) -> None:
     path = tiny.nifti("cube.nii.gz", tiny.phantom((32, 32, 32)))  # 32 mm
     fit = volume_file_to_slices(path, Preprocessing(size=32))[0]
-    fixed = volume_file_to_slices(path, Preprocessing(size=32, field_of_view_mm=128.0))[0]
-    assert len(fixed.images) < len(fit.images)  # 4 mm pixels: every 4th 1-mm slice
-    assert fixed.images.shape[1:] == fit.images.shape[1:] == (32, 32)
-    assert not fixed.images[:, :8].any() and fixed.images[:, 8:24].any()  # 32 of 128 mm
+    both = volume_file_to_slices(path, Preprocessing(size=32, field_of_view_mm=128.0))[0]
+    assert both.images.shape == (len(fit.images), 2, 32, 32)  # the same slices, thinned alike
+    assert (both.images[:, 0] == fit.images).all()  # channel 0: the fitted slice, unchanged
+    fixed = both.images[:, 1]
+    assert not fixed[:, :8].any() and fixed[:, 12:20].any()  # 32 of 128 mm: a quarter, centred
+    assert Preprocessing(field_of_view_mm=128.0).channels == 2 == 1 + Preprocessing().channels
 
 
 def test_slices_column_crops_the_acquisition_axis(tiny) -> None:

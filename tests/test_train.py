@@ -19,6 +19,7 @@ from mri_tune.training.device import DevicePolicy, resolve_device
 from mri_tune.training.failures import failure_policy
 from mri_tune.training.inference import predict_proba
 from mri_tune.training.model import CNNSpec, RegionCNN
+from mri_tune.training.run import train_on_slices
 from mri_tune.training.trainer import (
     EpochMetrics,
     Slices,
@@ -163,6 +164,32 @@ def test_load_checkpoint_gives_an_inference_model(tmp_path: Path) -> None:
     expected = predict_proba(trainer.model, VALIDATION.images)
     np.testing.assert_allclose(predict_proba(loaded.model, VALIDATION.images), expected)
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_two_channel_slices_train_checkpoint_and_predict(tmp_path: Path) -> None:
+    """A store ingested with --field-of-view holds (N, 2, H, W) slices: channel 1 here carries
+    the class (the band), channel 0 only noise, so the model must read the second channel."""
+    def two_channel(split: Slices, seed: int) -> Slices:
+        noise = torch.randint(0, 40, split.images.shape, dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(seed))
+        return Slices(torch.stack([noise, split.images], dim=1), split.labels)
+
+    train, validation = two_channel(TRAIN, 5), two_channel(VALIDATION, 6)
+    config = dataclasses.replace(CONFIG, epochs=2, augmentation=False, images_per_epoch=128)
+    trainer = train_on_slices(train, validation, CLASSES, TINY, config, device="cpu")
+    assert trainer.model.in_channels == 2
+    assert trainer.history[-1].val_error < 0.2  # it learned, from the second channel:
+    blind = validation.images.clone()
+    blind[:, 1] = blind[:, 0]  # the band replaced by noise
+    guesses = predict_proba(trainer.model, blind).argmax(axis=1)
+    assert (guesses != validation.labels.numpy()).mean() > 0.4
+    save_checkpoint(tmp_path, trainer)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.model.in_channels == 2
+    np.testing.assert_allclose(predict_proba(loaded.model, validation.images),
+                               predict_proba(trainer.model, validation.images), atol=1e-6)
+    with pytest.raises(InputError, match="2 image channel"):
+        predict_proba(loaded.model, VALIDATION.images)  # one channel: a clear error
 
 
 def test_read_checkpoint_explains_a_missing_file(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ def ingest(settings: IngestSettings) -> IngestReport:
     with _signals_as_errors(), StoreLock(out):
         remove_stale_files(out)
         checked = _check_rows(rows, settings, bad)
-        with StoreWriter(out, settings.size) as writer:
+        with StoreWriter(out, settings.size, settings.preprocessing().channels) as writer:
             _read_all(checked, settings, writer, bad)
             records = writer.records
             if not records:

@@ -7,17 +7,21 @@ Symbols (one volume):
     plane       axial (slices along Z), coronal (along Y), sagittal (along X)
     image       (H, W) one slice: axial W = X, H = Y with anterior at the top; coronal W = X,
                 H = Z with superior at the top; sagittal W = Y, H = Z with superior at the top
-    images      (n, size, size) uint8, after resize and intensity normalisation
+    images      (n, size, size) uint8, after resize and intensity normalisation; with a field
+                of view, (n, 2, size, size): channel 0 as without, channel 1 the same slice at
+                the fixed physical scale
 
 Choices (docs/INGEST.md explains each):
 - Intensities are mapped to 0..255 per volume by its `low_percentile` and `high_percentile`
   (robust to a few hot voxels), computed once per 3D volume so that slices keep their relative
   brightness.
 - A slice is resized preserving its physical aspect ratio (voxel spacing), then padded to square,
-  so that anisotropic voxels do not distort anatomy. By default its longer side fills the image
-  ("fit"); with `field_of_view_mm` > 0 every slice is drawn at the same physical scale instead
-  (`size` pixels span that many mm, centred, cropped or padded), so the size of the anatomy in
-  the image is its size in the body: a head and an abdomen no longer fill the frame alike.
+  so that anisotropic voxels do not distort anatomy; its longer side fills the image ("fit").
+  With `field_of_view_mm` > 0 a second channel holds the same slice at one physical scale for
+  every slice (`size` pixels span that many mm, centred, cropped or padded): the size of the
+  anatomy there is its size in the body, which "fit" erases (a head and an abdomen fill the
+  frame alike), while channel 0 keeps the detail of small fields of view (a cropped cord).
+  Measured on leave-one-site-out: benchmarks/RESULTS_generalization.md.
 - With planes="all", a plane orthogonal to the acquisition whose image would be a thin strip
   (short side / long side < `min_orthogonal_aspect`, e.g. 5 slices of 5 mm) is skipped.
 - Along each plane's axis, slices closer together than `min_slice_gap_px` output pixels are
@@ -68,7 +72,7 @@ class Preprocessing:
     max_spacing_mm: float = 20.0
     max_frames: int = 3
     min_slice_gap_px: float = 1.0
-    field_of_view_mm: float = 0.0  # 0: each slice's longer side fills the image
+    field_of_view_mm: float = 0.0  # > 0: a second channel at this physical field of view
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
@@ -85,9 +89,10 @@ class Preprocessing:
             raise InputError(f"field_of_view_mm must be 0 (fit each slice) or in [10, 2000] mm; "
                              f"got {self.field_of_view_mm}; e.g. --field-of-view 400")
 
-    def pixel_mm(self, extent_mm: float) -> float:
-        """Output pixel size in mm of a slice whose longer side spans `extent_mm`."""
-        return (self.field_of_view_mm or extent_mm) / self.size
+    @property
+    def channels(self) -> int:
+        """Image channels per slice: the fitted slice, plus the fixed-scale one."""
+        return 2 if self.field_of_view_mm else 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +122,7 @@ class CanonicalVolume:
 class SliceBatch:
     """The kept slices of one volume along one plane."""
 
-    images: np.ndarray  # (n, size, size) uint8
+    images: np.ndarray  # (n, size, size) uint8, or (n, channels, size, size)
     plane: str
     slice_index: np.ndarray  # (n,) int32, index along the plane's axis in the canonical volume
     part: str = ""
@@ -202,8 +207,7 @@ def plane_images(volume: CanonicalVolume, plane: str, prep: Preprocessing
     extent = max(volume.data.shape[first] * volume.spacing[first],
                  volume.data.shape[second] * volume.spacing[second])
     # 1e-6: a spacing of exactly half an output pixel counts as half (float rounding).
-    step = max(1, int(prep.min_slice_gap_px * prep.pixel_mm(extent) / volume.spacing[axis]
-                      + 1e-6))
+    step = max(1, int(prep.min_slice_gap_px * extent / prep.size / volume.spacing[axis] + 1e-6))
     index = np.arange(0, volume.data.shape[axis], step)
     stack = np.moveaxis(volume.data, axis, 0)[index]  # (n, first, second)
     images = stack.transpose(0, 2, 1)[:, ::-1, :]  # H = second axis, anterior/superior on top
@@ -263,13 +267,20 @@ def volume_to_slices(volume: CanonicalVolume, prep: Preprocessing, part: str = "
     batches = []
     for plane in planes_of(volume, prep):
         images, index, spacing = plane_images(unit_volume, plane, prep)
-        resized = resize_slices(images, spacing, prep.size, prep.field_of_view_mm)
-        quantised = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+        resized = resize_slices(images, spacing, prep.size)
+        quantised = _quantise(resized)
         keep = quantised.reshape(len(quantised), -1).std(axis=1) >= prep.min_slice_std
+        if prep.field_of_view_mm:
+            fixed = _quantise(resize_slices(images, spacing, prep.size, prep.field_of_view_mm))
+            quantised = np.stack([quantised, fixed], axis=1)
         if keep.any():
             batches.append(SliceBatch(quantised[keep], plane,
                                       index[keep].astype(np.int32), part))
     return batches
+
+
+def _quantise(unit: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
 
 
 def volume_file_to_slices(path: Path | str, preprocessing: Preprocessing | Mapping[str, Any],

@@ -61,9 +61,10 @@ def _mib(n_bytes: float) -> str:
     return f"{n_bytes / _MiB:.1f} MiB"
 
 
-def estimate_store_bytes(n_slices: int, image_size: int, n_volumes: int) -> int:
+def estimate_store_bytes(n_slices: int, image_size: int, n_volumes: int, channels: int = 1
+                         ) -> int:
     """An upper bound of the HDF5 store's size (images + per-slice columns + metadata)."""
-    per_slice = image_size * image_size + _COLUMN_BYTES
+    per_slice = channels * image_size * image_size + _COLUMN_BYTES
     return n_slices * per_slice + n_volumes * _VOLUME_OVERHEAD + _STORE_OVERHEAD
 
 
@@ -239,9 +240,13 @@ class StoreWriter:
     """Stage volumes with `add_volume`, then `finish(volume_split, attrs)`; use as a context
     manager so that an exception removes every temporary file."""
 
-    def __init__(self, out: Path, image_size: int) -> None:
+    def __init__(self, out: Path, image_size: int, channels: int = 1) -> None:
         self.out = Path(out)
         self.image_size = int(image_size)
+        self.channels = int(channels)
+        size = (self.image_size, self.image_size)
+        self.slice_shape = size if self.channels == 1 else (self.channels, *size)
+        self.slice_bytes = self.channels * self.image_size**2
         self.classes: list[str] = []
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if self.out.exists() and not self.out.is_file():
@@ -283,17 +288,16 @@ class StoreWriter:
 
     def add_volume(self, record: VolumeRecord, batches: Sequence[SliceBatch]) -> int:
         """Append one volume's slices (all planes); returns its staging index."""
-        size = (self.image_size, self.image_size)
         for b in batches:
-            if b.images.dtype != np.uint8 or b.images.shape[1:] != size:
-                raise ValueError(f"slices must be uint8 {size}; got {b.images.dtype} "
-                                 f"{b.images.shape[1:]}")
+            if b.images.dtype != np.uint8 or b.images.shape[1:] != self.slice_shape:
+                raise ValueError(f"slices must be uint8 {self.slice_shape}; got "
+                                 f"{b.images.dtype} {b.images.shape[1:]}")
         n_new = sum(len(b.images) for b in batches)
-        staged = (self.n_slices + n_new) * self.image_size**2
+        staged = (self.n_slices + n_new) * self.slice_bytes
         store = estimate_store_bytes(self.n_slices + n_new, self.image_size,
-                                     len(self._records) + 1)
+                                     len(self._records) + 1, self.channels)
         # the staging file grows by this volume, and the store will need its own room next to it
-        check_space(self.out.parent, n_new * self.image_size**2 + store, max(staged, store),
+        check_space(self.out.parent, n_new * self.slice_bytes + store, max(staged, store),
                     f"the store {self.out.name} ({self.n_slices + n_new} slices so far)")
         try:
             for b in batches:
@@ -327,7 +331,8 @@ class StoreWriter:
         self._staging.close()
         order = np.argsort(np.asarray(volume_split, dtype=np.int64), kind="stable")
         texts = {key: json.dumps(value) for key, value in attrs.items()}
-        reserve = (estimate_store_bytes(self.n_slices, self.image_size, len(self._records))
+        reserve = (estimate_store_bytes(self.n_slices, self.image_size, len(self._records),
+                                        self.channels)
                    + sum(len(t.encode()) for t in texts.values()))
         try:
             fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=self._prefix, suffix=".tmp")
@@ -369,10 +374,10 @@ class StoreWriter:
 
     def _write_slices(self, f: h5py.File, order: np.ndarray, volume_split: Sequence[int]
                       ) -> dict[str, list[int]]:
-        n_total, size = self.n_slices, self.image_size
-        images = f.create_dataset("images", (n_total, size, size), dtype=np.uint8)
+        n_total = self.n_slices
+        images = f.create_dataset("images", (n_total, *self.slice_shape), dtype=np.uint8)
         staged = np.memmap(self._staging_path, dtype=np.uint8, mode="r",
-                           shape=(n_total, size, size)) if n_total else None
+                           shape=(n_total, *self.slice_shape)) if n_total else None
         offsets = np.concatenate([[0], np.cumsum(self._n)]).astype(np.int64)
         columns = {"labels": [], "volume": [], "plane": [], "slice_index": [], "split": []}
         ranges = {name: [0, 0] for name in SPLITS}

@@ -35,7 +35,7 @@ __all__ = ["FORMAT_VERSION", "PLANES", "SPLITS", "SliceStore", "SplitData", "for
 class SplitData:
     """One split in memory (or on a device); row i of every tensor is the same slice."""
 
-    images: torch.Tensor  # (N, H, W) uint8
+    images: torch.Tensor  # (N, H, W) uint8, or (N, C, H, W) for a store of C channels
     labels: torch.Tensor  # (N,) int64, index into SliceStore.classes
     volume: torch.Tensor  # (N,) int64, row of SliceStore.volumes()
     plane: torch.Tensor  # (N,) uint8, index into PLANES
@@ -56,6 +56,8 @@ class SliceStore:
             with h5py.File(self.path, "r") as f:
                 attrs = dict(f.attrs)
                 missing = [name for name in REQUIRED_DATASETS if name not in f]
+                image_dims = f["images"].ndim if "images" in f else 3
+                channels = f["images"].shape[1] if image_dims == 4 else 1
         except OSError as err:
             raise StoreError(f"{self.path} is not a readable HDF5 store ({err}); rebuild it with "
                              "`mri-tune ingest`") from err
@@ -69,6 +71,8 @@ class SliceStore:
             raise StoreError(f"{self.path} lacks the dataset(s) {missing}; the store is "
                              "incomplete, re-ingest it")
         self.format_version = int(version)
+        self.channels = int(channels)
+        """Image channels per slice: 1, or 2 with a field of view (images (N, 2, H, W))."""
         try:
             self.classes: list[str] = _json_attr(attrs, "classes", list)
             self.image_size: tuple[int, int] = tuple(int(v) for v in attrs["image_size"])

@@ -133,7 +133,7 @@ def random_affine(
 
 
 def bias_field(images: torch.Tensor, max_log: float, generator: torch.Generator) -> torch.Tensor:
-    """Images (B, 1, H, W) times a smooth random field of mean 1 (per image)."""
+    """Images (B, C, H, W) times a smooth random field of mean 1 (per image)."""
     batch = images.shape[0]
     strength = _uniform(generator, batch, 1, 1, 1, low=0.0, high=max_log)
     coarse = torch.randn(batch, 1, _BIAS_GRID, _BIAS_GRID, generator=generator,
@@ -165,7 +165,7 @@ def gaussian_blur(images: torch.Tensor, max_sigma: float,
                   generator: torch.Generator) -> torch.Tensor:
     """A separable Gaussian blur whose sigma along each axis is drawn per image, uniform in
     [0, max_sigma x side]: one grouped convolution per axis for the whole batch."""
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     out = images
     for axis, side in ((-1, width), (-2, height)):
         sigma = _uniform(generator, batch, 1, low=0.0, high=max_sigma * side).clamp_(min=1e-3)
@@ -173,10 +173,12 @@ def gaussian_blur(images: torch.Tensor, max_sigma: float,
         offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)  # (B, 2 radius + 1)
         kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(images.dtype)
-        shape = (batch, 1, 1, -1) if axis == -1 else (batch, 1, -1, 1)
+        kernel = kernel.repeat_interleave(channels, dim=0)  # one per image and channel
+        shape = (batch * channels, 1, 1, -1) if axis == -1 else (batch * channels, 1, -1, 1)
         pad = (radius, radius, 0, 0) if axis == -1 else (0, 0, radius, radius)
-        padded = F.pad(out.reshape(1, batch, height, width), pad, mode="replicate")
-        out = F.conv2d(padded, kernel.reshape(shape), groups=batch).reshape(images.shape)
+        padded = F.pad(out.reshape(1, batch * channels, height, width), pad, mode="replicate")
+        out = F.conv2d(padded, kernel.reshape(shape), groups=batch * channels
+                       ).reshape(images.shape)
     return out
 
 
@@ -185,8 +187,10 @@ def augment(
 ) -> torch.Tensor:
     """Randomly transformed copies of a batch.
 
-    images: (B, 1, H, W) float in [0, 1], on the same device as `generator`.
-    returns: (B, 1, H, W) float in [0, 1]; outside the original field of view is 0 (background).
+    images: (B, C, H, W) float in [0, 1], on the same device as `generator`; every channel of
+    an image gets the same transform (the second channel, when there is one, is the same slice
+    at a fixed physical scale).
+    returns: (B, C, H, W) float in [0, 1]; outside the original field of view is 0 (background).
     """
     if images.device.type != generator.device.type:  # "cuda" and "cuda:0" are one device
         raise SpecError(f"augment needs the images and the generator on one device. Got images "

@@ -39,7 +39,7 @@ def save_checkpoint(directory: Path, trainer: Trainer,
     """Write `directory/checkpoint.pt` atomically; the trainer's model must be a RegionCNN.
 
     Layout (a torch.save dict, loadable with weights_only=True): format_version, spec (CNNSpec
-    dict), num_classes, image_size, class_names, train_config (TrainConfig dict), preprocessing
+    dict), num_classes, image_size, in_channels (1 when absent), class_names, train_config (TrainConfig dict), preprocessing
     (the store's, for `predict`; {} when unknown), and the `Trainer.state_dict()` keys: model,
     optimizer, epoch, iteration, rng, history.
     """
@@ -54,6 +54,7 @@ def save_checkpoint(directory: Path, trainer: Trainer,
         "spec": model.spec.to_dict(),
         "num_classes": model.num_classes,
         "image_size": list(model.image_size),
+        "in_channels": model.in_channels,
         "class_names": list(trainer.class_names),
         "train_config": trainer.config.to_dict(),
         "preprocessing": dict(preprocessing or {}),
@@ -126,7 +127,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedMod
     try:
         spec = CNNSpec.from_dict(payload["spec"])
         image_size = (int(payload["image_size"][0]), int(payload["image_size"][1]))
-        model = RegionCNN(spec, int(payload["num_classes"]), image_size, device="meta")
+        model = RegionCNN(spec, int(payload["num_classes"]), image_size,
+                          in_channels=int(payload.get("in_channels", 1)), device="meta")
         model.load_state_dict(payload["model"], assign=True)  # no throw-away initialisation
         model.to(device).eval()
         return LoadedModel(model, spec, list(payload["class_names"]), image_size,

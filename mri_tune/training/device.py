@@ -30,8 +30,10 @@ class DevicePolicy:
                               enabled=self.autocast_dtype is not None)
 
     def prepare(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) uint8 on the device -> (B, 1, H, W) float in [0, 1], in the model's layout."""
-        images = images_uint8[:, None].float().div_(255.0)
+        """(B, H, W) or (B, C, H, W) uint8 on the device -> (B, C, H, W) float in [0, 1] (C = 1
+        for the former), in the model's layout."""
+        images = (images_uint8[:, None] if images_uint8.dim() == 3 else images_uint8)
+        images = images.float().div_(255.0)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -12,7 +12,7 @@ from mri_tune.training.device import DevicePolicy
 
 def logits(model: nn.Module, images: torch.Tensor, policy: DevicePolicy,
            batch_size: int) -> torch.Tensor:
-    """(N, C) fp32 logits on the device for (N, H, W) uint8 images (no augmentation)."""
+    """(N, classes) fp32 logits on the device for (N, [C,] H, W) uint8 images (no augmentation)."""
     was_training = model.training
     model.eval()
     chunks = []
@@ -26,14 +26,21 @@ def logits(model: nn.Module, images: torch.Tensor, policy: DevicePolicy,
 
 def predict_proba(model: nn.Module, images: torch.Tensor | np.ndarray,
                   device: torch.device | str | None = None, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities (N, C) float32 for (N, H, W) uint8 slices, in batches on `device`.
+    """Softmax probabilities (N, classes) float32 for (N, H, W) or (N, C, H, W) uint8 slices,
+    in batches on `device`.
 
     `device` defaults to the model's; the images may live anywhere (each batch is moved).
     """
     images = torch.as_tensor(images)
-    if images.dtype != torch.uint8 or images.ndim != 3:
-        raise InputError(f"predict_proba needs (N, H, W) uint8 slices as the store holds them. "
-                         f"Got {tuple(images.shape)} {images.dtype}.")
+    if images.dtype != torch.uint8 or images.ndim not in (3, 4):
+        raise InputError(f"predict_proba needs (N, H, W) or (N, C, H, W) uint8 slices as the "
+                         f"store holds them. Got {tuple(images.shape)} {images.dtype}.")
+    channels = 1 if images.ndim == 3 else images.shape[1]
+    expected = getattr(model, "in_channels", channels)
+    if channels != expected:
+        raise InputError(f"The model takes {expected} image channel(s) per slice and was given "
+                         f"{channels}: preprocess the slices as the model's store was ingested "
+                         "(its checkpoint records it; --field-of-view adds the second channel).")
     policy = DevicePolicy.for_device(
         device if device is not None else next(model.parameters()).device)
     model.to(policy.device)

@@ -157,6 +157,7 @@ class RegionCNN(nn.Module):
         num_classes: int,
         image_size: tuple[int, int],
         *,
+        in_channels: int = 1,
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
     ) -> None:
@@ -165,10 +166,11 @@ class RegionCNN(nn.Module):
             raise SpecError(f"A classifier needs at least 2 classes. Got {num_classes}.")
         self.spec = spec
         self.num_classes = num_classes
+        self.in_channels = int(in_channels)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         height, width = spec.feature_size(self.image_size)
         with torch.device("meta"):
-            self.features = nn.Sequential(*_blocks(spec))
+            self.features = nn.Sequential(*_blocks(spec, self.in_channels))
             widths = (spec.filters * height * width, *HIDDEN_UNITS)
             self.classifier = nn.Sequential(
                 nn.Flatten(),
@@ -191,16 +193,16 @@ class RegionCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch.
 
-        images: (B, 1, H, W) float, intensities in [0, 1] (uint8 slices divided by 255).
+        images: (B, in_channels, H, W) float, intensities in [0, 1] (uint8 slices / 255).
         returns: (B, num_classes) logits.
         """
         centred = images * 2.0 - 1.0  # zero-centred inputs keep the first ReLUs half active
         return self.classifier(self.features(centred))
 
 
-def _blocks(spec: CNNSpec) -> list[nn.Module]:
+def _blocks(spec: CNNSpec, in_channels: int) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    channels = 1
+    channels = in_channels
     for _ in range(spec.num_blocks):
         for _ in range(spec.convs_per_block):
             layers += [nn.Conv2d(channels, spec.filters, spec.kernel_size,

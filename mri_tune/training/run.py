@@ -60,11 +60,13 @@ def train_on_slices(train: LabelledSlices, validation: LabelledSlices, classes: 
                     device: str | torch.device | None = None,
                     on_epoch: EpochCallback | None = None,
                     resume: Mapping[str, Any] | None = None) -> Trainer:
-    """`train_from_store` on labelled slices in memory: (N, H, W) uint8 images, (N,) labels."""
+    """`train_from_store` on labelled slices in memory: (N, H, W) or (N, C, H, W) uint8
+    images, (N,) labels."""
     dev = resolve_device(device)
-    image_size = tuple(int(side) for side in train.images.shape[1:])
+    image_size = tuple(int(side) for side in train.images.shape[-2:])
+    channels = 1 if train.images.dim() == 3 else int(train.images.shape[1])
     with failure_policy():
-        model = build_model(spec, len(classes), image_size, dev, config.seed)
+        model = build_model(spec, len(classes), image_size, dev, config.seed, channels)
         trainer = Trainer(model, train, validation, config, classes, dev)
         if resume is not None:
             trainer.load_state_dict(resume)

@@ -82,10 +82,11 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def build_model(spec: CNNSpec, num_classes: int, image_size: tuple[int, int],
-                device: torch.device | str, seed: int) -> RegionCNN:
+                device: torch.device | str, seed: int, in_channels: int = 1) -> RegionCNN:
     """A RegionCNN initialised on `device` from a generator seeded with `seed`."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    return RegionCNN(spec, num_classes, image_size, device=device, generator=generator)
+    return RegionCNN(spec, num_classes, image_size, in_channels=in_channels, device=device,
+                     generator=generator)
 
 
 @dataclass(frozen=True)
@@ -283,9 +284,10 @@ class Trainer:
 
 def _on_device(split: LabelledSlices, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.as_tensor(split.images)
-    if images.dtype != torch.uint8 or images.ndim != 3:
-        raise InputError(f"Training slices must be a (N, H, W) uint8 tensor. Got "
-                         f"{tuple(images.shape)} {images.dtype}; load them from a slice store.")
+    if images.dtype != torch.uint8 or images.ndim not in (3, 4):
+        raise InputError(f"Training slices must be a (N, H, W) or (N, C, H, W) uint8 tensor. "
+                         f"Got {tuple(images.shape)} {images.dtype}; load them from a slice "
+                         "store.")
     return images.to(device), torch.as_tensor(split.labels, dtype=torch.int64).to(device)
 
 
