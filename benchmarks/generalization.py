@@ -171,7 +171,8 @@ def parse_args() -> argparse.Namespace:
                            "(default: benchmark_output/generalization_SIZE.h5)")
     data.add_argument("--size", type=int, default=32, help="slice side of the store")
     data.add_argument("--field-of-view", type=float, default=0.0, metavar="MM",
-                      help="ingest a second channel: each slice at this physical field of view (0: none)")
+                      help="ingest a second channel: each slice at this physical field of "
+                           "view (0: none)")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--protocol", choices=["loso", "kfold", "both"], default="loso")
     protocol.add_argument("--folds", type=int, default=4, help="k of the subject k-fold")

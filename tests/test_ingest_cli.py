@@ -54,7 +54,7 @@ def test_max_frames_planes_and_seed(tiny, capsys) -> None:
     assert three["provenance"]["preprocessing"]["planes"] == "all"
 
 
-def test_field_of_view_channel_is_stored_recorded_and_reproduced_by_predicts_reader(tiny, capsys) -> None:
+def test_field_of_view_channel_is_stored_and_reproduced_by_predicts_reader(tiny, capsys) -> None:
     from mri_tune_datasets.preprocess import volume_file_to_slices
 
     rows = [(tiny.nifti(f"v{i}.nii.gz", tiny.phantom((24, 24, 12), seed=i)).name, "head", f"s{i}")

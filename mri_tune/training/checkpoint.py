@@ -39,7 +39,8 @@ def save_checkpoint(directory: Path, trainer: Trainer,
     """Write `directory/checkpoint.pt` atomically; the trainer's model must be a RegionCNN.
 
     Layout (a torch.save dict, loadable with weights_only=True): format_version, spec (CNNSpec
-    dict), num_classes, image_size, in_channels (1 when absent), class_names, train_config (TrainConfig dict), preprocessing
+    dict), num_classes, image_size, in_channels (1 when absent), class_names, train_config
+    (TrainConfig dict), preprocessing
     (the store's, for `predict`; {} when unknown), and the `Trainer.state_dict()` keys: model,
     optimizer, epoch, iteration, rng, history.
     """
