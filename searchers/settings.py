@@ -61,6 +61,7 @@ class SearchSettings:
     local_starts: int = 2  # local searches of the acquisition from the best candidates
     local_steps: int = 6  # coordinate moves per local search
     min_sd_fraction: float = 0.0  # never propose where the posterior sd is below this x prior sd
+    distinct_ties: bool = False  # never propose within the gap of equal losses (ties.py)
     pending_fraction: float = 0.0  # with `budget`: pending <= max(1, this x remaining); 0: off
     budget: int | None = None  # total trials of the run, for `pending_fraction`
     fit: FitSettings = field(default_factory=FitSettings)
