@@ -72,3 +72,19 @@ def test_model_proposals_keep_out_of_the_gaps_equal_losses_revealed():
     without = Driver(make(space=SPACE, warmup_trials=6), 1, quantised_loss)
     cells_without = [(cell(c["lr"]), c["depth"], c["act"]) for c in without.run(40)]
     assert len(set(cells)) > len(set(cells_without))
+
+
+def test_gaps_are_rebuilt_on_restore_and_the_search_continues_identically(tmp_path):
+    straight = Driver(make(space=SPACE, distinct_ties=True, warmup_trials=6), 2, quantised_loss)
+    straight.run(30)
+    first = make(space=SPACE, distinct_ties=True, warmup_trials=6)
+    driver = Driver(first, 2, quantised_loss)
+    driver.run(18)
+    assert first.core._ties.active  # the restore has gaps to rebuild
+    first.save(str(tmp_path / "s.pkl"))
+    fresh = make(space=SPACE)
+    fresh.restore(str(tmp_path / "s.pkl"))
+    np.testing.assert_array_equal(fresh.core._ties.gaps, first.core._ties.gaps)
+    driver.searcher = fresh
+    driver.run(30)
+    assert driver.proposed == straight.proposed
