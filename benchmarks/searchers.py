@@ -143,7 +143,7 @@ ABLATIONS: dict[str, Callable[[Any, int], Any]] = {
     "gp_sd05": _gp("default", min_sd_fraction=0.05),
     "gp_sd10": _gp("default", min_sd_fraction=0.10),
     "gp_ties": _gp("default", distinct_ties=True),  # the default since the MAP fit
-    "gp_mle": _gp("default", fit=FitSettings(prior=False)),
+    "gp_mle": _gp("default", fit=FitSettings(prior=False), distinct_ties=False),  # until f365f03
     "gp_no_ties": _gp("default", distinct_ties=False),
     "gp_res20": _gp("default", space_settings=SpaceSettings(resolution=20)),
     "gp_res64": _gp("default", space_settings=SpaceSettings(resolution=64)),
