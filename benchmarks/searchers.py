@@ -44,7 +44,8 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from searchers.space import SpaceSettings  # noqa: E402  (only once the shadowing path is gone)
+from searchers.gp import FitSettings  # noqa: E402  (only once the shadowing path is gone)
+from searchers.space import SpaceSettings  # noqa: E402
 
 
 def _load_problems() -> Any:
@@ -140,6 +141,10 @@ ABLATIONS: dict[str, Callable[[Any, int], Any]] = {
     "gp_warmup5": _gp("default", warmup_trials=5),
     "gp_warmup20": _gp("default", warmup_trials=20),
     "gp_sd05": _gp("default", min_sd_fraction=0.05),
+    "gp_sd10": _gp("default", min_sd_fraction=0.10),
+    "gp_ties": _gp("default", distinct_ties=True),  # the default since the MAP fit
+    "gp_mle": _gp("default", fit=FitSettings(prior=False), distinct_ties=False),  # until f365f03
+    "gp_no_ties": _gp("default", distinct_ties=False),
     "gp_res20": _gp("default", space_settings=SpaceSettings(resolution=20)),
     "gp_res64": _gp("default", space_settings=SpaceSettings(resolution=64)),
     "gp_res200": _gp("default", space_settings=SpaceSettings(resolution=200)),

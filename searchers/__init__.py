@@ -1,7 +1,7 @@
 """GP search over any Ray Tune space, as a Ray Tune Searcher.
 
 `GPSearch` (gp_search.py) is the only part that imports Ray; it is loaded lazily so that the math
-modules (space, gp, grid, acquisition, batch, candidates, feasibility, warping, core) import
+modules (space, gp, grid, acquisition, batch, candidates, feasibility, warping, ties, core) import
 without Ray. The default preset acquires with EI and preset "paper" with the paper's dual-target
 PI, so the class is named for the GP, not for one acquisition (formerly `GPPISearch`).
 """

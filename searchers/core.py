@@ -64,6 +64,7 @@ from searchers.gp import (
 from searchers.grid import ProductGrid, grid_sums, table_rows
 from searchers.settings import SearchSettings
 from searchers.space import Row, SearchSpace, flatten, unflatten
+from searchers.ties import TieGaps
 from searchers.warping import OutputTransform, fit_output_transform
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ _POOL = 8  # exhaustive: bounds are evaluated on this many times `candidates` lo
 _BEST_CENTRES = 4  # larger spaces: perturbations around this many best trials
 _PERTURBATION_STEP = 0.5  # sd of a perturbation, in length scales (capped at 1/4 of the range)
 _LIPSCHITZ_POINTS = 256  # local penalisation: slopes measured among this many best candidates
+_TIE_CHUNK = 64  # candidates checked at once, best first, against the used rows (ties.py)
 
 
 @dataclass(eq=False)
@@ -134,6 +136,10 @@ class GPSearchCore:
                 self._used_mask[np.ravel_multi_index(np.array(list(self._used)).T,
                                                      self.space.shape)] = True
         self._model: _Model | None = None
+        self._ties = TieGaps(self.space)
+        if self.settings.distinct_ties:
+            for row, value in zip(self._observed, self._values, strict=True):
+                self._ties.add(row, value)
 
     # ---- the protocol -------------------------------------------------------------------
     @property
@@ -195,6 +201,8 @@ class GPSearchCore:
         else:
             self._observed.append(row)
             self._values.append(float(value))
+            if self.settings.distinct_ties:
+                self._ties.add(row, float(value))
         self._model = None
         if self._in_model_phase():
             with single_threaded_blas():
@@ -306,13 +314,30 @@ class GPSearchCore:
             variance = self._believer_variance(model)
             floor = (self.settings.min_sd_fraction ** 2) * model.posterior.params.signal_variance
             log_acq[variance < floor] = -np.inf
-        best = int(np.argmax(log_acq))
-        if not np.isfinite(log_acq[best]):
+        best = self._best_distinct(model, log_acq)
+        if best is None:
             return None
         if log_acq[best] < model.outside_bound:
             logger.debug("proposal not certified over the whole space: best %.3g < bound %.3g",
                          log_acq[best], model.outside_bound)
         return tuple(int(i) for i in model.rows[best])
+
+    def _best_distinct(self, model: _Model, log_acq: np.ndarray) -> int | None:
+        """Position of the highest finite score whose row is not indistinct (ties.py)."""
+        if not self._ties.active:
+            best = int(np.argmax(log_acq))
+            return best if np.isfinite(log_acq[best]) else None
+        used = np.array(list(self._used), dtype=np.int64)
+        order = np.argsort(-log_acq)
+        for start in range(0, len(order), _TIE_CHUNK):
+            chunk = order[start:start + _TIE_CHUNK]
+            chunk = chunk[np.isfinite(log_acq[chunk])]
+            if len(chunk) == 0:
+                return None
+            free = ~self._ties.indistinct(model.rows[chunk], used)
+            if free.any():
+                return int(chunk[np.argmax(free)])
+        return None
 
     def _batch_scores(self, model: _Model) -> np.ndarray:
         """The (log) quantity maximised over the candidates, given the pending trials (M,)."""

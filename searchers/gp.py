@@ -21,6 +21,15 @@ L-BFGS-B from several starts, with the analytic gradient of Rasmussen & Williams
     log p(y | X, theta) = -1/2 y^T alpha - sum_i log L_ii - n/2 log 2 pi       (Alg. 2.1, line 7)
     d/d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK/d theta_j)                    (eq. 5.9)
 with L = cholesky(K + s2_n I) (Alg. 2.1, line 2) and alpha = L^T \\ (L \\ y) (line 3).
+
+With `FitSettings.prior` (the default) the fit maximises the log posterior instead (MAP), adding
+Optuna's GPSampler priors (optuna/_gp/prior.py), for inputs in [0, 1] and standardised outputs:
+    log p(theta) = -sum_d 0.1 (l_d^2 + l_d^-2)              (pulls l_d towards 1: 0.01 costs 1,000)
+                   + log Gamma(s2; 2, 1) + log Gamma(s2_n; 1.1, 30)
+Without it, a fit on few points often put one length scale at its lower bound (every other one
+at its upper): a GP that calls every distinct value of that dimension unrelated, so expected
+improvement is flat and the proposals are random (seen on hartmann6 with 32 pending, up to 45
+observations; benchmarks/RESULTS_searchers.md).
 """
 
 from __future__ import annotations
@@ -98,6 +107,7 @@ class FitSettings:
     restarts: int = 2  # random starts besides the default and the previous optimum
     max_iterations: int = 50
     tolerance: float = 1e-7  # relative change of the evidence at which L-BFGS-B stops
+    prior: bool = True  # maximise evidence + log_prior (MAP) rather than the evidence alone
     few_observations: int = 40  # above this, warm start only (plus the default every k-th fit)
     restart_every: int = 10
 
@@ -187,6 +197,27 @@ def log_marginal_likelihood(theta: np.ndarray, distances: PairDistances, y: np.n
     return float(value), grad
 
 
+_LENGTH_SCALE_RATE = 0.1  # Optuna's -0.1 (l^2 + 1 / l^2) per dimension
+_SIGNAL_GAMMA = (2.0, 1.0)  # (concentration, rate) of Gamma(s2)
+_NOISE_GAMMA = (1.1, 30.0)  # of Gamma(s2_n): noise well below the standardised signal
+
+
+def log_prior(theta: np.ndarray) -> tuple[float, np.ndarray]:
+    """log p(theta) of the module docstring (up to a constant) and its gradient (D + 2,)."""
+    log_l, log_s2, log_noise = theta[:-2], theta[-2], theta[-1]
+    squared = np.exp(2.0 * log_l)
+    value = -_LENGTH_SCALE_RATE * (squared + 1.0 / squared).sum()
+    grad = np.empty_like(theta)
+    grad[:-2] = -2.0 * _LENGTH_SCALE_RATE * (squared - 1.0 / squared)
+    for index, log_x, (shape, rate) in ((-2, log_s2, _SIGNAL_GAMMA),
+                                        (-1, log_noise, _NOISE_GAMMA)):
+        # Gamma(x; a, b) in log x: (a - 1) log x - b x, plus log x for the change of variable
+        # (omitted, as Optuna does: it is a prior on x, maximised over log x)
+        value += (shape - 1.0) * log_x - rate * math.exp(log_x)
+        grad[index] = (shape - 1.0) - rate * math.exp(log_x)
+    return float(value), grad
+
+
 def _inverse_from_cholesky(lower: np.ndarray) -> np.ndarray:
     """(L L^T)^-1 from L; LAPACK potri is about twice as fast as solving against the identity."""
     inverse, info = scipy.linalg.lapack.dpotri(lower, lower=1)
@@ -198,7 +229,7 @@ def _inverse_from_cholesky(lower: np.ndarray) -> np.ndarray:
 def fit_hyperparameters(distances: PairDistances, y: np.ndarray, kernel: Kernel,
                         settings: FitSettings, rng: np.random.Generator,
                         previous: GPHyperparameters | None = None) -> GPHyperparameters:
-    """Maximise the log marginal likelihood from several starts; the best optimum wins.
+    """Maximise the log marginal likelihood (+ log_prior) from several starts; the best wins.
 
     y: (n,) standardised. `previous` (the last optimum) is a warm start.
     """
@@ -219,6 +250,9 @@ def fit_hyperparameters(distances: PairDistances, y: np.ndarray, kernel: Kernel,
             value, grad = log_marginal_likelihood(theta, distances, y, kernel)
         except CholeskyFailure:
             return 1e25, np.zeros_like(theta)
+        if settings.prior:
+            prior_value, prior_grad = log_prior(theta)
+            value, grad = value + prior_value, grad + prior_grad
         return -value, -grad
 
     best: tuple[float, np.ndarray] | None = None

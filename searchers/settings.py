@@ -3,14 +3,17 @@
 `paper` reproduces Bertrand et al. (ISBI 2017, numbers in `mri_tune_core.paper`): random warm-up
 trials, a GP with a Gaussian (RBF) kernel on standardised losses, probability of improvement for
 two targets (the best loss and a 25% improvement on it), successive proposals alternating the
-targets. Pending trials are only excluded; failures are only excluded (the paper had none).
+targets. Pending trials are only excluded; failures are only excluded (the paper had none); the
+hyper-parameters maximise the evidence alone (no prior) and every grid point is distinct.
 
 `default` is the variant that measured best on the tuning half of benchmarks/searchers.py (see
 benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, log-warped losses, expected
 improvement, kriging believer over the pending trials (better than local penalisation and Thompson
 sampling at 8 and 32 pending there), a feasibility estimate learned from failures, 10 warm-up
-trials; continuous domains at 64 points (space.DEFAULT_RESOLUTION), spaces of at most
-`exhaustive_limit` configurations scored whole, larger ones through a candidate set.
+trials; continuous domains at 64 points (space.DEFAULT_RESOLUTION), coarsened where equal losses
+show the objective does not resolve them (ties.py); spaces of at most `exhaustive_limit`
+configurations scored whole, larger ones through a candidate set. The GP's hyper-parameters are a
+MAP estimate under Optuna's priors (gp.py, `FitSettings.prior`).
 
 Both presets are `SearchSettings` values; `GPSearch(preset=..., **overrides)` replaces fields, and
 `warmup_trials=None` (the default) keeps the preset's own warm-up (10, or the paper's 47).
@@ -61,6 +64,7 @@ class SearchSettings:
     local_starts: int = 2  # local searches of the acquisition from the best candidates
     local_steps: int = 6  # coordinate moves per local search
     min_sd_fraction: float = 0.0  # never propose where the posterior sd is below this x prior sd
+    distinct_ties: bool = True  # never propose within the gap of equal losses (ties.py)
     pending_fraction: float = 0.0  # with `budget`: pending <= max(1, this x remaining); 0: off
     budget: int | None = None  # total trials of the run, for `pending_fraction`
     fit: FitSettings = field(default_factory=FitSettings)
@@ -94,7 +98,8 @@ class SearchSettings:
 PRESETS: dict[str, SearchSettings] = {
     "paper": SearchSettings(kernel="rbf", output_transform="standardize", acquisition="pi",
                             targets=paper.TARGETS, warmup_trials=paper.WARMUP_TRIALS,
-                            batch_rule="exclude", feasibility=False, impute_failures=False),
+                            batch_rule="exclude", feasibility=False, impute_failures=False,
+                            distinct_ties=False, fit=FitSettings(prior=False)),
     "default": SearchSettings(),
 }
 

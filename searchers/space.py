@@ -81,6 +81,7 @@ class Dimension:
     values: tuple[Any, ...]
     scale: Scale
     encoded: np.ndarray = field(repr=False)  # (V,)
+    continuous: bool = False  # values are `resolution` points of a continuous domain (ours)
 
     @property
     def size(self) -> int:
@@ -108,7 +109,8 @@ class Dimension:
         return int(np.argmin(np.abs(numeric - float(value))))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "values": list(self.values), "scale": self.scale}
+        return {"name": self.name, "values": list(self.values), "scale": self.scale,
+                "continuous": self.continuous}
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,8 +169,8 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
-        dims = tuple(_dimension(d["name"], tuple(d["values"]), d["scale"])
-                     for d in data["dimensions"])
+        dims = tuple(_dimension(d["name"], tuple(d["values"]), d["scale"],
+                                d.get("continuous", False)) for d in data["dimensions"])
         return cls(dimensions=dims, constants=dict(data["constants"]))
 
 
@@ -191,8 +193,8 @@ def build_space(param_space: Mapping[str, Any],
                 "finite grid. Use randint, choice, uniform or loguniform (and their q/log forms)."
             )
         if kind in ("Integer", "Float", "Categorical"):
-            values, scale = _domain_values(name, domain, settings)
-            dims.append(_dimension(name, values, scale))
+            values, scale, continuous = _domain_values(name, domain, settings)
+            dims.append(_dimension(name, values, scale, continuous))
         else:
             constants[name] = domain
     if not dims:
@@ -228,10 +230,11 @@ def unflatten(flat_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _domain_values(name: str, domain: Any,
-                   settings: SpaceSettings) -> tuple[tuple[Any, ...], Scale]:
+                   settings: SpaceSettings) -> tuple[tuple[Any, ...], Scale, bool]:
+    """(values, scale, whether the values are our discretisation of a continuous domain)."""
     kind = type(domain).__name__
     if kind == "Categorical":
-        return _choice_values(name, tuple(domain.categories))
+        return (*_choice_values(name, tuple(domain.categories)), False)
     sampler = domain.get_sampler()
     quantum = getattr(sampler, "q", None)
     base = type(getattr(sampler, "sampler", sampler)).__name__.lstrip("_")
@@ -246,6 +249,7 @@ def _domain_values(name: str, domain: Any,
         inner = getattr(sampler, "sampler", sampler)
         lower = inner.mean - _NORMAL_WIDTH * inner.sd
         upper = inner.mean + _NORMAL_WIDTH * inner.sd
+    continuous = kind != "Integer" and quantum is None
     if kind == "Integer":
         values = _integer_values(lower, upper, quantum)
     elif quantum is not None:
@@ -257,7 +261,7 @@ def _domain_values(name: str, domain: Any,
             f"'{name}' has no value in [{lower}, {upper}] (q={quantum}); widen "
             "the bounds or lower q."
         )
-    return _thin(values, scale, settings.max_values_per_dimension), scale
+    return _thin(values, scale, settings.max_values_per_dimension), scale, continuous
 
 
 def _integer_values(lower: int, upper: int, quantum: int | None) -> tuple[int, ...]:
@@ -318,14 +322,16 @@ def _distinct(categories: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _dimension(name: str, values: tuple[Any, ...], scale: Scale) -> Dimension:
+def _dimension(name: str, values: tuple[Any, ...], scale: Scale,
+               continuous: bool = False) -> Dimension:
     if scale == "categorical" or len(values) == 1:
         encoded = np.arange(len(values), dtype=np.float64) / max(len(values) - 1, 1)
     else:
         axis = np.asarray(values, dtype=np.float64)
         axis = np.log(axis) if scale == "log" else axis
         encoded = (axis - axis[0]) / (axis[-1] - axis[0])
-    return Dimension(name=name, values=values, scale=scale, encoded=encoded)
+    return Dimension(name=name, values=values, scale=scale, encoded=encoded,
+                     continuous=continuous)
 
 
 def _python_scalar(value: Any) -> Any:

@@ -13,6 +13,7 @@ from searchers.gp import (
     correlation,
     fit_hyperparameters,
     log_marginal_likelihood,
+    log_prior,
 )
 from searchers.grid import ProductGrid, grid_sums, table_rows
 
@@ -52,6 +53,33 @@ def test_lml_gradient_matches_finite_differences(kernel):
         numeric = (log_marginal_likelihood(up, distances, y, kernel)[0]
                    - log_marginal_likelihood(down, distances, y, kernel)[0]) / (2 * step)
         assert grad[j] == pytest.approx(numeric, rel=1e-4, abs=1e-6)
+
+
+def test_log_prior_gradient_matches_finite_differences():
+    theta = np.log([0.05, 0.7, 3.0, 1.1, 0.02])
+    _, grad = log_prior(theta)
+    step = 1e-6
+    for j in range(len(theta)):
+        up, down = theta.copy(), theta.copy()
+        up[j] += step
+        down[j] -= step
+        numeric = (log_prior(up)[0] - log_prior(down)[0]) / (2 * step)
+        assert grad[j] == pytest.approx(numeric, rel=1e-5)
+
+
+def test_prior_keeps_length_scales_of_a_symmetric_bowl_off_the_bounds():
+    # 12 points of a bowl symmetric in 6 dimensions: the evidence alone sends four length
+    # scales to the upper bound (those dimensions "do not matter") and one to 0.12
+    x = np.random.default_rng(5).random((12, 6))
+    y = -np.exp(-3.0 * ((x - 0.3) ** 2).sum(axis=1))
+    y = (y - y.mean()) / y.std()
+    upper = FitSettings().bounds.length_scale[1]
+    mle = fit_hyperparameters(_distances(x), y, "matern52", FitSettings(prior=False),
+                              np.random.default_rng(0))
+    assert sum(scale >= 0.99 * upper for scale in mle.length_scales) >= 3
+    map_ = fit_hyperparameters(_distances(x), y, "matern52", FitSettings(),
+                               np.random.default_rng(0))
+    assert 0.1 < min(map_.length_scales) and max(map_.length_scales) < 3.0
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "matern52"])
