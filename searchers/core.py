@@ -2,7 +2,9 @@
 
 `GPSearchCore` minimises; the Ray `Searcher` (gp_search.py) fixes the sign once at its boundary.
 A configuration is a row of value indices (space.py); rows already evaluated, failed or pending are
-never proposed again, so no proposal rounds to a configuration already run.
+never proposed again, so no proposal rounds to a configuration already run. Once bitwise equal
+losses show the objective does not resolve a continuous dimension finely (ties.py), the model
+also skips rows within that gap of a used one (`_best_distinct`).
 
 Proposal order: the `points_to_evaluate` queue, then `warmup_trials` uniformly random distinct
 configurations, then the model. While fewer than two trials have succeeded the model cannot be
