@@ -59,7 +59,7 @@ from mri_tune.results.generalization import (
     pool_store,
     subject_kfold,
 )
-from mri_tune.training.augment import POLICIES, policy
+from mri_tune.training.augment import DEFAULT_POLICY, POLICIES, policy
 from mri_tune.training.config import TrainConfig, baseline_specs
 from mri_tune.training.device import resolve_device
 from mri_tune.training.model import CNNSpec
@@ -88,7 +88,8 @@ SITES: tuple[tuple[str, str], ...] = (
 """Substring of the manifest's `source` -> site. A source that matches none is its own site."""
 
 SHIPPED_SPEC = CNNSpec(num_blocks=3, convs_per_block=1, filters=16, kernel_size=3)
-SHIPPED_POLICY = "scanner"
+SHIPPED_POLICY = DEFAULT_POLICY
+"""The shipped recipe trains with what `TrainConfig` (and so every search trial) uses."""
 
 
 def site_of(row: Mapping[str, Any]) -> str:
