@@ -21,8 +21,9 @@ Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
 
 Budget (2 CPU cores): 32x32 slices, 8 epochs of 2,048 images, seeds 0-2 (the paper's recipe:
 seed 0, `--paper-seeds`); about 35 min at a load of 3-7 on 2 cores. The table is
-per recipe: volume and slice accuracy (mean over seeds +- sd), per region, and the fraction of
-slices whose largest probability passes the paper's 0.7.
+per recipe: volume and slice accuracy (mean over seeds +- sd), per region, the fraction of
+slices whose largest probability passes the paper's 0.7, the fraction of volumes whose verdict is
+uncertain (the rule of `predict` and `evaluate`) and the volume accuracy of the certain ones.
 
     python benchmarks/generalization.py                          # loso, shipped vs paper
     python benchmarks/generalization.py --protocol kfold --json kfold.json
@@ -58,7 +59,7 @@ from mri_tune.results.generalization import (
     pool_store,
     subject_kfold,
 )
-from mri_tune.training.augment import POLICIES, policy
+from mri_tune.training.augment import DEFAULT_POLICY, POLICIES, policy
 from mri_tune.training.config import TrainConfig, baseline_specs
 from mri_tune.training.device import resolve_device
 from mri_tune.training.model import CNNSpec
@@ -87,7 +88,8 @@ SITES: tuple[tuple[str, str], ...] = (
 """Substring of the manifest's `source` -> site. A source that matches none is its own site."""
 
 SHIPPED_SPEC = CNNSpec(num_blocks=3, convs_per_block=1, filters=16, kernel_size=3)
-SHIPPED_POLICY = "scanner"
+SHIPPED_POLICY = DEFAULT_POLICY
+"""The shipped recipe trains with what `TrainConfig` (and so every search trial) uses."""
 
 
 def site_of(row: Mapping[str, Any]) -> str:
@@ -139,9 +141,10 @@ def folds_for(protocol: str, volumes: list[dict[str, Any]], k: int, seed: int) -
 
 def format_table(results: list[RecipeResult], classes: tuple[str, ...]) -> str:
     columns = (["volume_accuracy"] + [f"volume_accuracy_{c}" for c in classes]
-               + ["slice_accuracy"] + [f"slice_accuracy_{c}" for c in classes] + ["decided"])
+               + ["slice_accuracy"] + [f"slice_accuracy_{c}" for c in classes] + ["decided"]
+               + ["uncertain", "volume_accuracy_certain"])
     heads = (["volume"] + [f"vol {c}" for c in classes] + ["slice"]
-             + [f"sl {c}" for c in classes] + ["p>0.7"])
+             + [f"sl {c}" for c in classes] + ["p>0.7", "uncertain", "vol certain"])
     lines = ["| protocol | recipe | seeds | " + " | ".join(heads) + " |",
              "|---|---|---|" + "---|" * len(heads)]
     for result in results:

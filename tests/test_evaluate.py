@@ -147,4 +147,4 @@ def test_every_volume_is_listed_with_truth_prediction_votes_and_confidence() -> 
     assert listed[1]["confidence"]["vote_margin"] == pytest.approx(1 / 3, abs=1e-4)
     assert listed[1]["uncertain"] is True
     assert ev.to_dict()["volume"]["uncertain"] == 1
-    assert ev.accuracy_of_certain == 1.0
+    assert ev.accuracy_of_certain == 1.0 and ev.uncertain_fraction == 0.5

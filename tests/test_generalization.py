@@ -88,6 +88,24 @@ def test_pooled_folds_count_decisions_at_the_paper_threshold() -> None:
     assert summary["volume_accuracy_head"] == 1.0 and np.isnan(summary["volume_accuracy_spine"])
 
 
+def test_pooled_folds_count_uncertain_verdicts_and_score_the_certain_ones() -> None:
+    """Volume 0: head, every slice agrees; volume 1: abdomen, votes split 1-1 (margin 0 <
+    UNCERTAIN_MARGIN); volume 2: pelvis called spine by every slice (certain and wrong)."""
+    probs = np.array([[0.9, 0.1, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0],
+                      [0.6, 0.4, 0.0, 0.0], [0.3, 0.7, 0.0, 0.0],
+                      [0.0, 0.0, 0.2, 0.8], [0.0, 0.0, 0.1, 0.9]])
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    volume = np.array([0, 0, 1, 1, 2, 2])
+    result = pool_folds(0, [
+        FoldPrediction("x", probs[:2], labels[:2], volume[:2], 1.0),
+        FoldPrediction("y", probs[2:], labels[2:], volume[2:], 1.0)], CLASSES)
+    summary = result.summary()
+    assert summary["uncertain"] == pytest.approx(1 / 3)
+    assert summary["volume_accuracy_certain"] == 0.5  # volume 0 right, volume 2 wrong
+    assert summary["volume_accuracy"] == pytest.approx(2 / 3)  # volume 1: abdomen by mass
+    assert [v.uncertain for v in result.evaluation.volumes] == [False, True, False]
+
+
 def _pooled(seed: int = 0) -> PooledSlices:
     """Four classes of 16x16 slices, each a bright square in its own quadrant; 8 volumes."""
     rng = np.random.default_rng(seed)
@@ -119,6 +137,7 @@ def test_cross_validate_predicts_every_held_out_volume_once_per_seed() -> None:
         assert seed.evaluation.volume_confusion.sum() == 8
         assert seed.evaluation.slice_confusion.sum() == 32
         assert 0.0 <= seed.decided <= 1.0
+        assert 0.0 <= seed.summary()["uncertain"] <= 1.0
     spread = result.spread()
     mean, sd, low, high = spread["volume_accuracy"]
     assert low <= mean <= high and sd >= 0.0

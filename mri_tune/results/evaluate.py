@@ -178,6 +178,12 @@ class Evaluation:
         }
 
     @property
+    def uncertain_fraction(self) -> float:
+        """Share of the listed volumes whose verdict is uncertain (nan when none are listed)."""
+        return (float(np.mean([v.uncertain for v in self.volumes])) if self.volumes
+                else float("nan"))
+
+    @property
     def accuracy_of_certain(self) -> float | None:
         """Volume accuracy over the volumes not called uncertain (None when there are none)."""
         certain = [v.correct for v in self.volumes if not v.uncertain]

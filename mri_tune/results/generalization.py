@@ -14,6 +14,10 @@ subject are merged (union-find over subjects), so no person is ever on both side
 Symbols (N pooled slices, C classes, V volumes, S seeds):
     probs      (N, C)  held-out probabilities of every slice, one array per seed
     decided    fraction of slices whose largest probability exceeds the paper's 0.7
+    uncertain  fraction of volumes whose verdict is uncertain (`evaluate.verdict`: the winning
+               region leads the runner-up by less than UNCERTAIN_MARGIN of the slices), the
+               rule `predict` and `evaluate` apply
+    volume_accuracy_certain  volume accuracy of the other volumes (`accuracy_of_certain`)
     volume_accuracy[region]  1 - volume error of the region, per seed; mean and sd over S
 
 The recipe trains a fixed number of epochs and the last epoch is scored: nothing is selected
@@ -194,8 +198,10 @@ class SeedResult:
 
     def summary(self) -> dict[str, float]:
         ev = self.evaluation
+        certain = ev.accuracy_of_certain
         row = {"volume_accuracy": ev.volume_accuracy, "slice_accuracy": ev.slice_accuracy,
-               "decided": self.decided}
+               "decided": self.decided, "uncertain": ev.uncertain_fraction,
+               "volume_accuracy_certain": math.nan if certain is None else certain}
         for name, error in ev.volume_class_error.items():
             row[f"volume_accuracy_{name}"] = math.nan if error is None else 1.0 - error
         for name, error in ev.slice_class_error.items():
