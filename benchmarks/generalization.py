@@ -17,7 +17,7 @@ Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
             0.001, batch 8, the paper's augmentation, class-weighted cross-entropy
   aug:P     the shipped network with the named augmentation policy P (`--recipes aug:paper,
             aug:fov`): each family's effect on the same folds and seeds; `aug:none` trains
-            without augmentation
+            without augmentation; `aug:intensity+bias` joins families on the paper's policy
 
 Budget (2 CPU cores): 32x32 slices, 8 epochs of 2,048 images, seeds 0-2 (the paper's recipe:
 seed 0, `--paper-seeds`); about 35 min at a load of 3-7 on 2 cores. The table is
@@ -59,7 +59,14 @@ from mri_tune.results.generalization import (
     pool_store,
     subject_kfold,
 )
-from mri_tune.training.augment import DEFAULT_POLICY, POLICIES, policy
+from mri_tune.training.augment import (
+    DEFAULT_POLICY,
+    FAMILIES,
+    PAPER,
+    POLICIES,
+    AugmentConfig,
+    policy,
+)
 from mri_tune.training.config import TrainConfig, baseline_specs
 from mri_tune.training.device import resolve_device
 from mri_tune.training.model import CNNSpec
@@ -126,11 +133,23 @@ def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
             continue
         chosen = SHIPPED_POLICY if name == "shipped" else name.removeprefix("aug:")
         augmentation = chosen != "none"
-        augment = policy(chosen if augmentation else "paper")
+        augment = _policy(chosen if augmentation else "paper")
         out.append(Recipe(name, SHIPPED_SPEC, TrainConfig(
             learning_rate=0.01, batch_size=32, augmentation=augmentation, augment=augment,
             **budget)))
     return out
+
+
+def _policy(name: str) -> AugmentConfig:
+    """A named policy, or families joined by "+" on the paper's (e.g. intensity+bias)."""
+    if "+" not in name:
+        return policy(name)
+    unknown = [family for family in name.split("+") if family not in FAMILIES]
+    if unknown:
+        raise InputError(f"unknown augmentation families {unknown} in {name!r}; join names of "
+                         f"{sorted(FAMILIES)} with +, e.g. aug:intensity+bias")
+    fields = {k: v for family in name.split("+") for k, v in FAMILIES[family].items()}
+    return dataclasses.replace(PAPER, **fields)
 
 
 def folds_for(protocol: str, volumes: list[dict[str, Any]], k: int, seed: int) -> list[Fold]:
