@@ -59,14 +59,7 @@ from mri_tune.results.generalization import (
     pool_store,
     subject_kfold,
 )
-from mri_tune.training.augment import (
-    DEFAULT_POLICY,
-    FAMILIES,
-    PAPER,
-    POLICIES,
-    AugmentConfig,
-    policy,
-)
+from mri_tune.training.augment import DEFAULT_POLICY, POLICIES, AugmentConfig, merged, policy
 from mri_tune.training.config import TrainConfig, baseline_specs
 from mri_tune.training.device import resolve_device
 from mri_tune.training.model import CNNSpec
@@ -142,14 +135,7 @@ def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
 
 def _policy(name: str) -> AugmentConfig:
     """A named policy, or families joined by "+" on the paper's (e.g. intensity+bias)."""
-    if "+" not in name:
-        return policy(name)
-    unknown = [family for family in name.split("+") if family not in FAMILIES]
-    if unknown:
-        raise InputError(f"unknown augmentation families {unknown} in {name!r}; join names of "
-                         f"{sorted(FAMILIES)} with +, e.g. aug:intensity+bias")
-    fields = {k: v for family in name.split("+") for k, v in FAMILIES[family].items()}
-    return dataclasses.replace(PAPER, **fields)
+    return merged(*name.split("+")) if "+" in name else policy(name)
 
 
 def folds_for(protocol: str, volumes: list[dict[str, Any]], k: int, seed: int) -> list[Fold]:

@@ -17,6 +17,7 @@ from mri_tune.training.augment import (
     bias_field,
     gaussian_blur,
     intensity_remap,
+    merged,
     policy,
     random_affine,
 )
@@ -149,6 +150,16 @@ def test_policies_name_the_paper_and_add_one_family_each() -> None:
         assert config.max_rotation_deg == AugmentConfig().max_rotation_deg
     with pytest.raises(SpecError, match="Unknown augmentation policy"):
         policy("scaner")
+
+
+def test_merged_joins_families_on_the_paper_policy() -> None:
+    assert merged() == policy("paper") and merged(*FAMILIES) == policy("scanner")
+    both = merged("intensity", "bias")
+    for name, value in {**FAMILIES["intensity"], **FAMILIES["bias"]}.items():
+        assert getattr(both, name) == value
+    assert both.flip_probability == policy("paper").flip_probability
+    with pytest.raises(SpecError, match="Unknown augmentation families"):
+        merged("intensity", "nope")
 
 
 def test_ranges_from_json_lists_become_tuples() -> None:

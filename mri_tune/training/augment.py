@@ -229,7 +229,12 @@ FAMILIES: dict[str, dict[str, object]] = {
 """Each family of scanner shifts, as AugmentConfig fields added to the paper's policy."""
 
 
-def _merged(*families: str) -> AugmentConfig:
+def merged(*families: str) -> AugmentConfig:
+    """The paper's policy plus the named families (FAMILIES), e.g. merged("intensity", "bias")."""
+    unknown = [family for family in families if family not in FAMILIES]
+    if unknown:
+        raise SpecError(f"Unknown augmentation families {unknown}; use names of "
+                        f"{sorted(FAMILIES)}.")
     fields: dict[str, object] = {}
     for family in families:
         fields.update(FAMILIES[family])
@@ -238,8 +243,8 @@ def _merged(*families: str) -> AugmentConfig:
 
 POLICIES: dict[str, AugmentConfig] = {
     "paper": PAPER,
-    **{family: _merged(family) for family in FAMILIES},
-    "scanner": _merged(*FAMILIES),
+    **{family: merged(family) for family in FAMILIES},
+    "scanner": merged(*FAMILIES),
 }
 """Named augmentation policies: the paper's, the paper's plus one family, or all ("scanner")."""
 
