@@ -35,8 +35,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--planes", choices=["acquisition", "all"], default="acquisition",
                    help="slice along the acquisition axis only, or along all three axes")
     p.add_argument("--field-of-view", type=float, default=0.0, metavar="MM",
-                   help="draw every slice at one physical scale: SIZE pixels span MM mm "
-                        "(0, the default: each slice's longer side fills the image); see "
+                   help="add a second image channel: every slice at one physical scale, SIZE "
+                        "pixels spanning MM mm (0, the default: no second channel); see "
                         "benchmarks/RESULTS_generalization.md for what it changes")
     p.add_argument("--split", default=",".join(f"{f:g}" for f in paper.SPLIT_FRACTIONS),
                    help="train,validation,test fractions of subjects per region")

@@ -267,15 +267,15 @@ def volume_to_slices(volume: CanonicalVolume, prep: Preprocessing, part: str = "
     batches = []
     for plane in planes_of(volume, prep):
         images, index, spacing = plane_images(unit_volume, plane, prep)
-        resized = resize_slices(images, spacing, prep.size)
-        quantised = _quantise(resized)
+        quantised = _quantise(resize_slices(images, spacing, prep.size))
         keep = quantised.reshape(len(quantised), -1).std(axis=1) >= prep.min_slice_std
-        if prep.field_of_view_mm:
-            fixed = _quantise(resize_slices(images, spacing, prep.size, prep.field_of_view_mm))
-            quantised = np.stack([quantised, fixed], axis=1)
-        if keep.any():
-            batches.append(SliceBatch(quantised[keep], plane,
-                                      index[keep].astype(np.int32), part))
+        if not keep.any():
+            continue
+        kept = quantised[keep]
+        if prep.field_of_view_mm:  # the fixed-scale channel, of the kept slices only
+            fixed = resize_slices(images[keep], spacing, prep.size, prep.field_of_view_mm)
+            kept = np.stack([kept, _quantise(fixed)], axis=1)
+        batches.append(SliceBatch(kept, plane, index[keep].astype(np.int32), part))
     return batches
 
 
