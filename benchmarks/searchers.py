@@ -133,6 +133,8 @@ ABLATIONS: dict[str, Callable[[Any, int], Any]] = {
     "gp_lp": _gp("default", batch_rule="local_penalty"),
     "gp_ts": _gp("default", batch_rule="thompson"),
     "gp_mix": _gp("default", batch_rule="mix"),
+    "gp_mix16": _gp("default", batch_rule="mix", mix_switch=16),
+    "gp_qei": _gp("default", batch_rule="qei"),
     "gp_exclude": _gp("default", batch_rule="exclude"),
     "gp_pi2": _gp("default", acquisition="pi"),
     "gp_rbf": _gp("default", kernel="rbf"),

@@ -1,7 +1,8 @@
 """The whole search on Ray Tune: store, GP search of the CNN, top-ten ensemble, evaluation, report.
 
 Wiring only (the work is in mri_tune.experiment and mri_tune.results): store -> Ray
-Tune (GPSearch over the CNN space) -> top-ten ensemble -> evaluation -> report.
+Tune (GPSearch over the CNN space) -> top-ten ensemble -> its models trained again on the
+training and validation splits (--no-refit: the trials' own) -> evaluation -> report.
 
 With no arguments it is the embedded default (`make demo`): a local Ray on this machine's CPUs,
 the sample store (built from the sample MRI data on first use), `--scale demo`, then the ensemble,
@@ -27,6 +28,7 @@ from mri_tune.experiment.settings import settings_from_options
 from mri_tune.experiment.space import NUM_SAMPLES, SCALES
 from mri_tune.results.ensemble import build_ensemble
 from mri_tune.results.evaluate import evaluate, format_report
+from mri_tune.results.refit import refit_ensemble
 from mri_tune.results.report import write_report
 from mri_tune_core import paper
 
@@ -50,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="demo: a CPU-sized corner of Table 1, few epochs and images; paper: "
                             "Table 1 and 80,000 images per epoch; smoke: tiny, for tests")
     model.add_argument("--top", type=int, default=paper.TOP_K, help="members of the ensemble")
+    model.add_argument("--no-refit", dest="refit", action="store_false",
+                       help="keep the trials' own models in the ensemble (the paper's protocol) "
+                            "instead of training the chosen configurations again on the "
+                            "training and validation splits")
 
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=None,
@@ -106,10 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 search = tuner.build_tuner(settings, cluster_cpus, _say)
             search.fit()
-        tuner.report_interrupted(settings, _say)
-        experiment_dir = tuner.local_experiment_dir(settings)
-        print("building the ensemble of the top trials ...", flush=True)
-        ensemble_dir = build_ensemble(experiment_dir, settings.out / "ensemble", settings.top)
+            tuner.report_interrupted(settings, _say)
+            experiment_dir = tuner.local_experiment_dir(settings)
+            print("building the ensemble of the top trials ...", flush=True)
+            ensemble_dir = build_ensemble(experiment_dir, settings.out / "ensemble", settings.top)
+            if settings.refit:
+                print("training its models again on the training and validation splits ...",
+                      flush=True)
+                refit_ensemble(ensemble_dir, settings.store, tuner.refit_resources(settings))
         print("evaluating on the test split ...", flush=True)
         evaluation = evaluate(ensemble_dir, settings.store, "test")
         print(format_report(evaluation))

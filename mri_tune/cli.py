@@ -137,13 +137,35 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
                    help="members: the trials with the lowest best validation loss (the minimum "
                         "over epochs of the class-weighted cross-entropy), each at its best epoch")
     p.add_argument("--out", required=True, type=Path, help="the ensemble folder to write")
+    p.add_argument("--refit", action="store_true",
+                   help="train the chosen configurations (and the baseline) again on the "
+                        "training and validation splits, as run_search.py does by default; "
+                        "Ray tasks on a local Ray, or on the cluster that RAY_ADDRESS names")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of one refit")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPU share of one refit (0: CPU)")
     p.set_defaults(handler=_cmd_ensemble)
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from mri_tune.results.ensemble import build_ensemble, describe_ensemble
+    from mri_tune.results.ensemble import build_ensemble, describe_ensemble, read_ensemble_manifest
 
-    print(describe_ensemble(build_ensemble(args.experiment, args.out, args.top)))
+    folder = build_ensemble(args.experiment, args.out, args.top)
+    if args.refit:
+        import ray
+
+        from mri_tune.results.refit import refit_ensemble
+
+        def resources(config: dict) -> dict[str, float]:
+            return {"num_cpus": args.cpus_per_trial, "num_gpus": args.gpus_per_trial}
+
+        store = Path(read_ensemble_manifest(folder)["store"])
+        ray.init(include_dashboard=False, log_to_driver=False)
+        try:
+            refit_ensemble(folder, store, resources)
+        finally:
+            ray.shutdown()
+    print(describe_ensemble(folder))
     return 0
 
 

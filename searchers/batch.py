@@ -22,6 +22,11 @@ trials, in the GP's transformed units; `best` the lowest transformed loss observ
     mix                kriging believer while few trials are pending, Thompson sampling above
                        `mix_switch` pending: the believer's variance shrinkage saturates when many
                        points are pending close together
+    qei                fantasised q-EI (the qLogEI of BoTorch and of Optuna's GPSampler, greedy
+                       over the pending set): a candidate's score is what it adds to the expected
+                       improvement of {pending} + {candidate} on joint posterior samples; the
+                       believer's rank-one factors are exactly the Cholesky factor of the pending
+                       covariance and the candidates' regressions on it (core._log_qei)
 """
 
 from __future__ import annotations

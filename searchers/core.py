@@ -347,14 +347,18 @@ class GPSearchCore:
         if rule == "mix":
             rule = ("kriging_believer" if len(self._pending) < self.settings.mix_switch
                     else "thompson")
+        if rule == "thompson" and model.thompson is None and len(model.rows):
+            self._build_thompson(model)  # "mix" crossed its switch since the refit
         if rule == "thompson" and model.thompson is not None:
             scores = np.full(len(model.rows), -np.inf)
             scores[model.thompson.positions] = -model.thompson.draw(self._rng)
             return scores
-        variance = self._believer_variance(model) if rule == "kriging_believer" else (
+        variance = self._believer_variance(model) if rule in ("kriging_believer", "qei") else (
             model.variance)
         log_acq = self._log_acquisition(model, model.mean, np.sqrt(variance),
                                         self._model_proposals)
+        if rule == "qei" and model.believer.rows:
+            return self._log_qei(model, log_acq)
         if rule == "local_penalty":
             for row in self._pending.values():
                 log_acq = log_acq + self._log_penalty(model, row)
@@ -585,7 +589,11 @@ class GPSearchCore:
     # ---- batch rules ---------------------------------------------------------------------
     def _prepare_batch_rule(self, model: _Model) -> None:
         rule = self.settings.batch_rule
-        if rule in ("thompson", "mix") and len(model.rows):
+        # built at the refit (in on_trial_complete), not in suggest, whenever the next proposal
+        # will be a Thompson draw; "mix" below its switch never needs one
+        thompson_next = rule == "thompson" or (
+            rule == "mix" and len(self._pending) >= self.settings.mix_switch)
+        if thompson_next and len(model.rows):
             self._build_thompson(model)
         if rule == "local_penalty" and len(model.rows):
             top = np.argsort(-self._log_acquisition(model, model.mean, np.sqrt(model.variance),
@@ -632,14 +640,58 @@ class GPSearchCore:
             row, whitened, to_candidates, to_earlier, params.signal_variance,
             params.noise_variance, model.whitened, model.believer_variance)
 
-    def _log_penalty(self, model: _Model, row: Row) -> np.ndarray:
-        """log phi(candidates; pending `row`) of local penalisation (batch.py)."""
+    def _log_qei(self, model: _Model, believer_log_acq: np.ndarray) -> np.ndarray:
+        """log of what a candidate adds to the expected improvement of the batch it joins.
+
+        q-EI of {pending} + {x}, estimated on joint posterior samples (fantasies, as BoTorch's and
+        Optuna's qLogEI): y_P = mu_P + L_P z (the believer's factors are L_P's rows), y_x | y_P =
+        mu_x + A z + sd_x e (A: the believer's columns, sd_x: its shrunk sd), improvement =
+        max(best - min(y_P, y_x), 0); the candidate's score is the mean improvement of the batch
+        with it minus without it. Only the `qei_candidates` best by the believer's EI are scored
+        (the rest keep their EI minus a large constant, so they rank below any scored one).
+        Samples come from a generator seeded by the model's state: a restored searcher
+        proposes the same.
+        """
+        updates, settings = model.believer, self.settings
+        pending = len(updates.rows)
+        lower = np.zeros((pending, pending))  # L_P: Cholesky factor of the pending covariance
+        for k, (factors, scale) in enumerate(zip(updates.factors, updates.scales, strict=True)):
+            lower[k, :k], lower[k, k] = factors, scale
+        mean_pending = np.array([self._pending_moments(model, row)[0] for row in updates.rows])
+        rng = np.random.default_rng([self._entropy, len(self._observed), len(self._failed),
+                                     pending, 3])
+        z = rng.standard_normal((settings.qei_samples, pending))  # (S, P)
+        own = rng.standard_normal(settings.qei_samples)  # (S,) the candidate's own residual
+        y_pending = mean_pending + z @ lower.T  # (S, P)
+        without = np.maximum(model.best - y_pending.min(axis=1), 0.0)  # (S,)
+        count = min(settings.qei_candidates, len(believer_log_acq))
+        top = np.argpartition(-believer_log_acq, count - 1)[:count]  # O(M): 470,400 on Table 1
+        columns = np.stack(updates.columns, axis=1)[top]  # (m, P)
+        sd = np.sqrt(model.believer_variance[top])  # (m,)
+        y_candidate = (model.mean[top, None] + columns @ z.T
+                       + sd[:, None] * own[None, :])  # (m, S)
+        gain = (np.maximum(model.best - y_candidate, without[None, :]).mean(axis=1)
+                - without.mean())  # (m,) >= 0
+        # ties (no gain, or not scored) are broken by the believer's EI, below every gain
+        order = 1e-6 * (believer_log_acq - believer_log_acq[top].max())  # <= 0, tiny
+        positive = gain > 0
+        lowest = float(np.log(gain[positive]).min()) if positive.any() else 0.0
+        scores = lowest - 10.0 + order
+        scores[top] = lowest - 2.0 + order[top]
+        scores[top[positive]] = np.log(gain[positive])
+        return scores
+
+    def _pending_moments(self, model: _Model, row: Row) -> tuple[float, float]:
+        """Posterior mean and sd (latent) at a pending configuration, cached per model."""
         if row not in model.pending_moments:
-            point = np.array([row], dtype=np.int64)
-            cross = self._cross(model, point)
+            cross = self._cross(model, np.array([row], dtype=np.int64))
             mean, variance = model.posterior.predict(cross)
             model.pending_moments[row] = (float(mean[0]), float(np.sqrt(variance[0])))
-        mean_p, sd_p = model.pending_moments[row]
+        return model.pending_moments[row]
+
+    def _log_penalty(self, model: _Model, row: Row) -> np.ndarray:
+        """log phi(candidates; pending `row`) of local penalisation (batch.py)."""
+        mean_p, sd_p = self._pending_moments(model, row)
         scales = np.asarray(model.posterior.params.length_scales)
         sq = np.zeros(len(model.rows))
         for d, dim in enumerate(self.space.dimensions):

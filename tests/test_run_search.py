@@ -113,8 +113,10 @@ def _kill_group(pgid: int) -> None:
 
 
 def _run_args(out: Path, *extra: str) -> list[str]:
+    # --no-refit: the ensemble of the trials' own models (the paper's protocol), which the
+    # evaluation, report and predict tests check; test_refit.py refits this search's top trials
     return [sys.executable, str(SCRIPT), "--scale", "smoke", "--out", str(out),
-            "--num-samples", str(NUM_SAMPLES), "--top", str(TOP), *extra]
+            "--num-samples", str(NUM_SAMPLES), "--top", str(TOP), "--no-refit", *extra]
 
 
 def _trial_states(experiment: Path) -> dict[str, TrialState]:

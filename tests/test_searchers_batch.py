@@ -85,6 +85,65 @@ def test_every_batch_rule_keeps_16_pending_distinct_and_uses_the_model(rule, spa
     assert driver.sources.count("model") >= 20  # 16 random while nothing is known, then 24
 
 
+@pytest.mark.parametrize("pending, same_as", [(8, "kriging_believer"), (20, "thompson")])
+def test_mix_is_the_believer_below_its_switch_and_thompson_from_it(pending, same_as):
+    runs = {}
+    for rule in ("mix", same_as):
+        searcher = wide(batch_rule=rule, mix_switch=16)
+        searcher.set_max_concurrency(pending)
+        driver = Driver(searcher, pending, wide_loss)
+        runs[rule] = [key(c) for c in driver.run(pending + 12)]
+        assert driver.sources.count("model") >= 10
+    assert runs["mix"] == runs[same_as]
+
+
+def test_mix_builds_its_thompson_sampler_at_the_refit_only_when_a_draw_comes_next():
+    for pending, built in ((3, False), (17, True)):
+        searcher = wide(batch_rule="mix", mix_switch=16, warmup_trials=4)
+        driver = Driver(searcher, pending + 1, wide_loss)
+        driver.run(pending + 8)
+        driver.fill()
+        trial_id, config = driver.pending.pop(0)
+        searcher.on_trial_complete(trial_id, {"loss": wide_loss(config)})  # refit here
+        assert len(searcher.core.pending) == pending
+        assert (searcher.core._model.thompson is not None) == built
+
+
+def test_qei_gain_is_the_batch_expected_improvement_of_the_exact_joint_posterior():
+    """The q-EI score of a candidate, from the believer's factors, equals a brute-force estimate
+    on the joint Gaussian of (noisy pending losses, the candidate's latent loss)."""
+    from searchers.grid import table_rows
+
+    searcher = make(batch_rule="qei", qei_samples=20000, warmup_trials=6)
+    searcher.set_max_concurrency(4)
+    driver = Driver(searcher, 4, loss)
+    driver.run(14)
+    driver.fill()
+    core = searcher.core
+    assert core.settings.batch_rule == "qei" and len(core.pending) == 4
+    model = core._ensure_model()
+    believer_log_acq = core._log_acquisition(model, model.mean,
+                                             np.sqrt(core._believer_variance(model)), 0)
+    scores = core._log_qei(model, believer_log_acq)
+    params = model.posterior.params
+    pending = np.array(list(core.pending.values()), dtype=np.int64)
+    rng = np.random.default_rng(1)
+    for position in np.argsort(-scores)[[0, 5, 40]]:
+        points = np.vstack([pending, model.rows[position]])  # (5, D)
+        prior = params.signal_variance * table_rows(core._tables(params, points), points,
+                                                    len(points))
+        whitened = model.posterior.whiten(core._cross(model, points))
+        covariance = prior - whitened.T @ whitened
+        covariance[:4, :4] += params.noise_variance * np.eye(4)  # pending: noisy observations
+        mean = core._cross(model, points).T @ model.posterior.alpha
+        draws = rng.multivariate_normal(mean, covariance, size=400_000)
+        without = np.maximum(model.best - draws[:, :4].min(axis=1), 0)
+        with_it = np.maximum(model.best - draws.min(axis=1), 0)
+        exact = (with_it - without).mean()
+        assert exact > 0.01  # a real gain, not a tie at zero
+        assert np.exp(scores[position]) == pytest.approx(exact, rel=0.05)
+
+
 def test_kriging_believer_shrinks_the_variance_at_the_pending_point_to_the_noise():
     # one input at 0, candidates at 0.5 and 1; a pending point at 1 (RBF, length scale 0.5)
     def k(a, b):

@@ -44,11 +44,22 @@ def trial_resources(cpus_per_trial: float, gpus_per_trial: float | None, uses_gp
                     image_size: tuple[int, int]):
     """The per-trial resource request Tune calls with each config (a PlacementGroupFactory)."""
 
-    def request(config: dict[str, Any]) -> PlacementGroupFactory:
+    def request(config: Mapping[str, Any]) -> PlacementGroupFactory:
         bundle: dict[str, float] = {"CPU": cpus_per_trial}
         if uses_gpus:
             bundle["GPU"] = gpus_per_trial or gpu_share(config, image_size)
         return PlacementGroupFactory([bundle])
+
+    return request
+
+
+def task_resources(cpus_per_trial: float, gpus_per_trial: float | None, uses_gpus: bool,
+                   image_size: tuple[int, int]):
+    """The same request as `trial_resources`, as Ray task options (the ensemble's refits)."""
+
+    def request(config: Mapping[str, Any]) -> dict[str, float]:
+        gpus = (gpus_per_trial or gpu_share(config, image_size)) if uses_gpus else 0.0
+        return {"num_cpus": cpus_per_trial, "num_gpus": gpus}
 
     return request
 

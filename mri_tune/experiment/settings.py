@@ -36,6 +36,7 @@ class ExperimentSettings:
     on_error: OnError = "report"
     max_failures: int = 0
     top: int = 10
+    refit: bool = True  # retrain the ensemble's models on train + validation (results/refit.py)
     samples: Path | None = None
     verbose: bool = False
 
@@ -108,5 +109,6 @@ def settings_from_options(options: Mapping[str, Any]) -> ExperimentSettings:
         cpus_per_trial=options["cpus_per_trial"], max_concurrent=options["max_concurrent"],
         address=options["address"], resume=options["resume"], on_error=options["on_error"],
         max_failures=options["max_failures"], top=options["top"],
+        refit=bool(options.get("refit", True)),
         samples=Path(options["samples"]) if options.get("samples") else None,
         verbose=bool(options.get("verbose", False)))

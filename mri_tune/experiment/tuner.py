@@ -21,7 +21,7 @@ from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
 from mri_tune.experiment.console import SearchProgress, show_once
 from mri_tune.experiment.record import check_same_search, write_search_record
-from mri_tune.experiment.resources import concurrent_slots, trial_resources
+from mri_tune.experiment.resources import concurrent_slots, task_resources, trial_resources
 from mri_tune.experiment.resume import infrastructure_errors, reopen_infrastructure_errors
 from mri_tune.experiment.settings import ExperimentSettings
 from mri_tune.experiment.space import IMAGES_PER_EPOCH, STORE_SIZE, baseline_config, param_space
@@ -172,6 +172,12 @@ def _trainable(settings: ExperimentSettings):
     resources = trial_resources(settings.cpus_per_trial, settings.gpus_per_trial,
                                 settings.uses_gpus, image_size)
     return tune.with_resources(make_trainable(trial), resources)
+
+
+def refit_resources(settings: ExperimentSettings):
+    """Ray task options of one refit of the ensemble: what its trial asked for."""
+    return task_resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.uses_gpus,
+                          SliceStore(settings.store).image_size)
 
 
 def _run_config(settings: ExperimentSettings, write: Callable[[str], None]) -> tune.RunConfig:

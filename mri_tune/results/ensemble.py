@@ -271,6 +271,8 @@ def describe_ensemble(folder: Path) -> str:
     lines = [f"ensemble of {len(manifest['members'])} trials written to {folder} "
              f"(ranked by {manifest['ranking']}):"]
     lines += [f"  {m['trial_id']}  val_loss {m['val_loss']:.4f}  val_error {m['val_error']:.3f}"
+              + ("  (refit on train + validation)"
+                 if m.get("trained_on") == ["train", "validation"] else "")
               for m in manifest["members"]]
     baseline = manifest["baseline"]
     lines.append(f"baseline trial: {baseline['trial_id']} (val_loss {baseline['val_loss']:.4f})"

@@ -253,6 +253,18 @@ def volume_section(evaluation: EvaluationReport, profiles: Path | None) -> list[
     return lines
 
 
+def _refit_note(manifest: dict[str, Any]) -> str:
+    """How the ensemble's models (and the baseline) were trained, when they were refit."""
+    if not manifest.get("refit"):
+        return " (each member is its trial's model, trained on the training split)"
+    entries = manifest["members"] + ([manifest["baseline"]] if manifest.get("baseline") else [])
+    kept = [e["trial_id"] for e in entries if e.get("trained_on") != ["train", "validation"]]
+    note = ("; each member and the baseline trained again, from scratch, on the training and "
+            "validation splits for the epochs of its trial's best validation loss")
+    return note + (f" (refit failed for {', '.join(kept)}: the trial's own model is used)"
+                   if kept else "")
+
+
 def _markdown(trials: list[TrialRecord], record: dict, manifest: dict,
               baseline: TrialRecord | None, evaluation: EvaluationReport) -> list[str]:
     ranked = rank_trials(trials)
@@ -272,7 +284,7 @@ def _markdown(trials: list[TrialRecord], record: dict, manifest: dict,
         f"- best trial {best.trial_id if best else '-'}: validation loss "
         f"{_num(best.best_val_loss if best else None)}",
         f"- ensemble: the {len(manifest['members'])} trials with the lowest best validation "
-        "loss, softmax outputs averaged", "",
+        "loss, softmax outputs averaged" + _refit_note(manifest), "",
         "## Search progress (Fig. 4)", "", "![search progress](search_progress.png)", "",
         f"## Evaluation on the {evaluation.split} split (Fig. 5)", "",
         f"{evaluation.num_slices} slices of {evaluation.num_volumes} volumes. A volume's label "

@@ -44,13 +44,24 @@ def save_checkpoint(directory: Path, trainer: Trainer,
     (the store's, for `predict`; {} when unknown), and the `Trainer.state_dict()` keys: model,
     optimizer, epoch, iteration, rng, history.
     """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = checkpoint_payload(trainer, preprocessing)
+    path = directory / CHECKPOINT_FILE
+    partial = path.with_suffix(".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)  # a crash mid-write never leaves a truncated checkpoint
+    return path
+
+
+def checkpoint_payload(trainer: Trainer,
+                       preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dict `save_checkpoint` writes (layout there); the trainer's model must be a RegionCNN."""
     model = trainer.model
     if not isinstance(model, RegionCNN):
         raise SpecError(f"save_checkpoint describes a RegionCNN. Got {type(model).__name__}; "
                         "save other models with Trainer.state_dict().")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
+    return {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "spec": model.spec.to_dict(),
         "num_classes": model.num_classes,
@@ -61,11 +72,6 @@ def save_checkpoint(directory: Path, trainer: Trainer,
         "preprocessing": dict(preprocessing or {}),
         **trainer.state_dict(),
     }
-    path = directory / CHECKPOINT_FILE
-    partial = path.with_suffix(".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)  # a crash mid-write never leaves a truncated checkpoint
-    return path
 
 
 def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

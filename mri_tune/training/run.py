@@ -27,6 +27,7 @@ from mri_tune.training.trainer import (
     EpochCallback,
     EpochMetrics,
     LabelledSlices,
+    Slices,
     Trainer,
     build_model,
 )
@@ -35,10 +36,14 @@ from mri_tune.training.trainer import (
 def train_from_store(store: Path | SliceStore, spec: CNNSpec, config: TrainConfig, *,
                      device: str | torch.device | None = None,
                      on_epoch: EpochCallback | None = None,
-                     resume: Mapping[str, Any] | None = None) -> Trainer:
+                     resume: Mapping[str, Any] | None = None,
+                     train_splits: Sequence[str] = ("train",)) -> Trainer:
     """Train `spec` with `config` on the store's training split, validating on its validation
     split; `resume` is a checkpoint dict (`read_checkpoint`) to continue from. Returns the
-    trainer after its last epoch (`trainer.history` holds every epoch's metrics)."""
+    trainer after its last epoch (`trainer.history` holds every epoch's metrics).
+
+    `train_splits` ("train", "validation") trains on both splits (the refit of a chosen
+    configuration, mri_tune.results.refit); its validation metrics are then in-sample."""
     slices = store if isinstance(store, SliceStore) else SliceStore(store)
     dev = resolve_device(device)
     with failure_policy():
@@ -50,7 +55,9 @@ def train_from_store(store: Path | SliceStore, spec: CNNSpec, config: TrainConfi
                     f"{slices.path} has no {split} slices (slices per split: {sizes}); "
                     "training needs both. Re-ingest it with a --split that gives every split "
                     "subjects, e.g. --split 0.5,0.25,0.25.")
-        train = slices.load_split("train", dev)
+        parts = [slices.load_split(split, dev) for split in train_splits]
+        train = parts[0] if len(parts) == 1 else Slices(
+            torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
         return train_on_slices(train, slices.load_split("validation", dev), slices.classes,
                                spec, config, device=dev, on_epoch=on_epoch, resume=resume)
 
