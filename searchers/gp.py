@@ -110,6 +110,9 @@ class FitSettings:
     prior: bool = True  # maximise evidence + log_prior (MAP) rather than the evidence alone
     few_observations: int = 40  # above this, warm start only (plus the default every k-th fit)
     restart_every: int = 10
+    # above this, the warm start alone: the optimum barely moves with one more of hundreds of
+    # points, and a second start would double the fit (0.96 s at 500 observations, measured)
+    restart_until: int = 200
 
 
 def correlation(scaled: np.ndarray, kernel: Kernel) -> np.ndarray:
@@ -240,7 +243,7 @@ def fit_hyperparameters(distances: PairDistances, y: np.ndarray, kernel: Kernel,
     starts = []
     if previous is not None:  # with many trials the optimum moves little: warm start only
         starts.append(np.clip(previous.to_log_vector(), low, high))
-    if many or len(y) % settings.restart_every == 0:
+    if many or (len(y) % settings.restart_every == 0 and len(y) <= settings.restart_until):
         starts.append(_default_start(dims, settings.bounds))
     if many:
         starts.extend(rng.uniform(low, high) for _ in range(settings.restarts))

@@ -131,3 +131,29 @@ def test_output_transforms_are_monotone_and_standardised(kind):
     probe = np.array([0.1, 0.2, 0.25, 0.255, 0.3, 1.0, 3.0])  # incl. PI targets below the best
     assert np.all(np.diff(transform(probe)) >= 0)
     assert transform(np.array([0.15]))[0] < transform(np.array([0.25]))[0]
+
+
+@pytest.mark.parametrize("n, starts", [(39, 4), (41, 1), (50, 2), (190, 2), (210, 1), (220, 1)])
+def test_fit_starts_shrink_to_the_warm_start_as_observations_grow(monkeypatch, n, starts):
+    """All starts up to `few_observations`; then the warm start, plus the default start every
+    `restart_every`-th fit up to `restart_until`; beyond it the warm start alone."""
+    import scipy.optimize
+
+    calls = []
+    real = scipy.optimize.minimize
+
+    def counting(fun, x0, **kwargs):
+        calls.append(np.array(x0))
+        return real(fun, x0, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", counting)
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 2))
+    y = np.sin(4 * x[:, 0]) + x[:, 1]
+    y = (y - y.mean()) / y.std()
+    previous = GPHyperparameters(length_scales=(0.3, 0.7), signal_variance=1.0,
+                                 noise_variance=1e-3)
+    settings = FitSettings(max_iterations=3)
+    fit_hyperparameters(_distances(x), y, "matern52", settings, rng, previous=previous)
+    assert len(calls) == starts
+    np.testing.assert_allclose(calls[0], previous.to_log_vector())
