@@ -82,6 +82,7 @@ class SearchSettings:
                "a non-empty tuple of relative improvements in [0, 1)", self.targets)
         _check(self.candidates >= 1, "candidates", "an int >= 1", self.candidates)
         _check(self.qei_samples >= 1, "qei_samples", "an int >= 1", self.qei_samples)
+        _check(self.qei_candidates >= 1, "qei_candidates", "an int >= 1", self.qei_candidates)
         _check(self.kernel in ("rbf", "matern52"), "kernel", "'rbf' or 'matern52'", self.kernel)
         _check(self.acquisition in ("pi", "ei"), "acquisition", "'pi' or 'ei'",
                self.acquisition)
@@ -89,7 +90,7 @@ class SearchSettings:
                "'standardize', 'log' or 'rank'", self.output_transform)
         _check(self.batch_rule in BATCH_RULES, "batch_rule", f"one of {BATCH_RULES}",
                self.batch_rule)
-        for name in ("mix_switch", "thompson_candidates", "qei_candidates", "exhaustive_limit",
+        for name in ("mix_switch", "thompson_candidates", "exhaustive_limit",
                      "random_candidates", "perturbations", "pending_perturbations",
                      "local_starts", "local_steps"):
             _check(getattr(self, name) >= 0, name, "an int >= 0", getattr(self, name))

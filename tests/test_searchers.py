@@ -228,6 +228,9 @@ def test_no_space_gives_a_clear_error_and_bad_settings_are_rejected():
         GPSearch(preset="fast")
     with pytest.raises(SearchSpaceError, match="warmup_trials"):
         GPSearch(warmup_trials=-1)
+    for name in ("qei_candidates", "qei_samples"):
+        with pytest.raises(SearchSpaceError, match=name):
+            GPSearch(**{name: 0})
 
 
 def test_math_modules_do_not_import_ray():
