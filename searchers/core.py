@@ -666,7 +666,7 @@ class GPSearchCore:
         without = np.maximum(model.best - y_pending.min(axis=1), 0.0)  # (S,)
         count = min(settings.qei_candidates, len(believer_log_acq))
         top = np.argpartition(-believer_log_acq, count - 1)[:count]  # O(M): 470,400 on Table 1
-        columns = np.stack(updates.columns, axis=1)[top]  # (m, P)
+        columns = np.stack([column[top] for column in updates.columns], axis=1)  # (m, P)
         sd = np.sqrt(model.believer_variance[top])  # (m,)
         y_candidate = (model.mean[top, None] + columns @ z.T
                        + sd[:, None] * own[None, :])  # (m, S)

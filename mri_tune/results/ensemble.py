@@ -41,6 +41,7 @@ ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT_VERSION = 1
 RANKING = "best validation loss (minimum over epochs of the class-weighted cross-entropy)"
 _DROPPED_KEYS = ("optimizer", "rng")  # training state a member for inference does not need
+TRAINED_ON = ("train", "validation")  # the splits a refit model learned (results/refit.py)
 _MANIFEST_KEYS = ("format_version", "classes", "image_size", "preprocessing", "members",
                   "baseline", "ranking")
 _MEMBER_KEYS = ("trial_id", "val_loss", "val_error", "weights")
@@ -92,10 +93,15 @@ def _fresh_folder(out: Path) -> Path:
     return out
 
 
-def _write_member(trial: TrialRecord, folder: Path) -> dict[str, Any]:
-    payload = read_checkpoint(Path(trial.checkpoint))
+def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint dict without the training state a member for inference does not need."""
     for key in _DROPPED_KEYS:
         payload.pop(key, None)
+    return payload
+
+
+def _write_member(trial: TrialRecord, folder: Path) -> dict[str, Any]:
+    payload = inference_payload(read_checkpoint(Path(trial.checkpoint)))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{trial.trial_id}.pt"
     torch.save(payload, path)
@@ -272,7 +278,7 @@ def describe_ensemble(folder: Path) -> str:
              f"(ranked by {manifest['ranking']}):"]
     lines += [f"  {m['trial_id']}  val_loss {m['val_loss']:.4f}  val_error {m['val_error']:.3f}"
               + ("  (refit on train + validation)"
-                 if m.get("trained_on") == ["train", "validation"] else "")
+                 if m.get("trained_on") == list(TRAINED_ON) else "")
               for m in manifest["members"]]
     baseline = manifest["baseline"]
     lines.append(f"baseline trial: {baseline['trial_id']} (val_loss {baseline['val_loss']:.4f})"

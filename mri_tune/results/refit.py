@@ -33,18 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 
-from mri_tune.results.ensemble import ENSEMBLE_FILE, read_ensemble_manifest
-from mri_tune.training.checkpoint import checkpoint_payload, read_checkpoint
+from mri_tune.results.ensemble import (
+    ENSEMBLE_FILE,
+    TRAINED_ON,
+    inference_payload,
+    read_ensemble_manifest,
+)
+from mri_tune.training.checkpoint import checkpoint_payload, read_checkpoint, save_atomically
 from mri_tune.training.config import TrainConfig
 from mri_tune.training.model import CNNSpec
 from mri_tune.training.run import train_from_store
 
 logger = logging.getLogger(__name__)
-
-TRAINED_ON = ("train", "validation")
-_INFERENCE_KEYS_DROPPED = ("optimizer", "rng")
 
 
 def refit_ensemble(folder: Path, store: Path,
@@ -77,7 +78,7 @@ def refit_ensemble(folder: Path, store: Path,
             entry["trained_on"] = ["train"]
             entry["refit_error"] = reason
             continue
-        _save_atomically(payload, folder / entry["weights"])
+        save_atomically(payload, folder / entry["weights"])
         entry["trained_on"] = list(TRAINED_ON)
         entry["refit_epochs"] = int(entry["epoch"])
         logger.info("refit %d of %d: trial %s, %d epochs on the training and validation splits",
@@ -96,17 +97,9 @@ def _refit_member(store: str, train_config: Mapping[str, Any], spec: Mapping[str
     config = replace(TrainConfig.from_dict(train_config), epochs=max(1, epochs))
     trainer = train_from_store(Path(store), CNNSpec.from_dict(spec), config,
                                train_splits=TRAINED_ON)
-    payload = checkpoint_payload(trainer, preprocessing)
-    for key in _INFERENCE_KEYS_DROPPED:
-        payload.pop(key, None)
+    payload = inference_payload(checkpoint_payload(trainer, preprocessing))
     payload["model"] = {name: t.detach().cpu() for name, t in payload["model"].items()}
     return payload
-
-
-def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    partial = path.with_suffix(".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
 
 
 def _write_json_atomically(value: dict[str, Any], path: Path) -> None:

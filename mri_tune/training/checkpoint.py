@@ -46,11 +46,15 @@ def save_checkpoint(directory: Path, trainer: Trainer,
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    payload = checkpoint_payload(trainer, preprocessing)
-    path = directory / CHECKPOINT_FILE
+    return save_atomically(checkpoint_payload(trainer, preprocessing), directory / CHECKPOINT_FILE)
+
+
+def save_atomically(payload: dict[str, Any], path: Path) -> Path:
+    """torch.save to a partial file, then rename: a crash mid-write never leaves a truncated
+    checkpoint (and an earlier one at `path` survives it)."""
     partial = path.with_suffix(".partial")
     torch.save(payload, partial)
-    os.replace(partial, path)  # a crash mid-write never leaves a truncated checkpoint
+    os.replace(partial, path)
     return path
 
 

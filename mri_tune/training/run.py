@@ -55,10 +55,12 @@ def train_from_store(store: Path | SliceStore, spec: CNNSpec, config: TrainConfi
                     f"{slices.path} has no {split} slices (slices per split: {sizes}); "
                     "training needs both. Re-ingest it with a --split that gives every split "
                     "subjects, e.g. --split 0.5,0.25,0.25.")
-        parts = [slices.load_split(split, dev) for split in train_splits]
+        loaded = {split: slices.load_split(split, dev)  # each split read once
+                  for split in dict.fromkeys((*train_splits, "validation"))}
+        parts = [loaded[split] for split in train_splits]
         train = parts[0] if len(parts) == 1 else Slices(
             torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
-        return train_on_slices(train, slices.load_split("validation", dev), slices.classes,
+        return train_on_slices(train, loaded["validation"], slices.classes,
                                spec, config, device=dev, on_epoch=on_epoch, resume=resume)
 
 
