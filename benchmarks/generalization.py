@@ -18,6 +18,10 @@ Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
   aug:P     the shipped network with the named augmentation policy P (`--recipes aug:paper,
             aug:fov`): each family's effect on the same folds and seeds; `aug:none` trains
             without augmentation; `aug:intensity+bias` joins families on the paper's policy
+  R@S       recipe R (shipped or aug:P) with the sampling S of `TrainConfig`: `shipped@slices`
+            (the paper's: permutations of the slices, class-weighted loss), `shipped@regions`
+            (the default: every region drawn alike), `shipped@regions:0` (people_power 0:
+            every person of a region alike; `regions:0.5` the square root of their slices)
 
 Budget (2 CPU cores): 32x32 slices, 8 epochs of 2,048 images, seeds 0-2 (the paper's recipe:
 seed 0, `--paper-seeds`); about 35 min at a load of 3-7 on 2 cores. The table is
@@ -124,13 +128,22 @@ def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
             spec, train = baseline_specs(images_per_epoch=images)
             out.append(Recipe(name, spec, dataclasses.replace(train, epochs=epochs)))
             continue
-        chosen = SHIPPED_POLICY if name == "shipped" else name.removeprefix("aug:")
+        base, _, sampling = name.partition("@")
+        chosen = SHIPPED_POLICY if base == "shipped" else base.removeprefix("aug:")
         augmentation = chosen != "none"
         augment = _policy(chosen if augmentation else "paper")
         out.append(Recipe(name, SHIPPED_SPEC, TrainConfig(
             learning_rate=0.01, batch_size=32, augmentation=augmentation, augment=augment,
-            **budget)))
+            **budget, **_sampling(sampling))))
     return out
+
+
+def _sampling(text: str) -> dict[str, Any]:
+    """"" (TrainConfig's default), "slices", "regions" or "regions:A" (people_power A)."""
+    if not text:
+        return {}
+    sampling, _, power = text.partition(":")
+    return {"sampling": sampling, **({"people_power": float(power)} if power else {})}
 
 
 def _policy(name: str) -> AugmentConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from mri_tune_core.store_format import (
     SUPPORTED_FORMAT_VERSIONS,
 )
 
-__all__ = ["FORMAT_VERSION", "PLANES", "SPLITS", "SliceStore", "SplitData", "format_info"]
+__all__ = ["FORMAT_VERSION", "PLANES", "SPLITS", "SliceStore", "SplitData", "format_info",
+           "person_of_volume"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class SplitData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def person_of_volume(volumes: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """(V,) int64: for each row of a volume table (`SliceStore.volumes()`, in index order), the
+    rank of its subject among the table's sorted subjects; `person[split.volume]` gives each
+    slice's person."""
+    subjects = [str(row["subject"]) for row in volumes]
+    rank = {name: i for i, name in enumerate(sorted(set(subjects)))}
+    return torch.tensor([rank[name] for name in subjects], dtype=torch.int64)
 
 
 class SliceStore:

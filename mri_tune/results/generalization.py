@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mri_tune.data.store import SliceStore
+from mri_tune.data.store import SliceStore, person_of_volume
 from mri_tune.results.evaluate import Evaluation, evaluate_probabilities
 from mri_tune.training.config import TrainConfig
 from mri_tune.training.inference import predict_proba
@@ -175,12 +175,13 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
              device: torch.device) -> FoldPrediction:
     """Train `recipe` (seeded) on the fold's training volumes; predict its test volumes."""
     start = time.perf_counter()
-    train_images, train_labels, _ = data.select(fold.train)
+    train_images, train_labels, train_volume = data.select(fold.train)
     test_images, test_labels, test_volume = data.select(fold.test)
     held_out = Slices(test_images, torch.from_numpy(test_labels))
-    trainer = train_on_slices(Slices(train_images, torch.from_numpy(train_labels)), held_out,
-                              data.classes, recipe.spec, replace(recipe.train, seed=seed),
-                              device=device)
+    people = person_of_volume(data.volumes)[torch.from_numpy(train_volume)]
+    trainer = train_on_slices(Slices(train_images, torch.from_numpy(train_labels), people),
+                              held_out, data.classes, recipe.spec,
+                              replace(recipe.train, seed=seed), device=device)
     probs = predict_proba(trainer.model, test_images, device)
     return FoldPrediction(fold.name, probs, test_labels, test_volume,
                           time.perf_counter() - start)

@@ -23,6 +23,7 @@ from mri_tune.training.model import CNNSpec, int_from
 from mri_tune_core import paper
 
 VALIDATION_LOSSES = ("balanced", "weighted")
+SAMPLINGS = ("regions", "slices")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,16 @@ class TrainConfig:
     """The validation loss (the search's metric): "balanced", the mean over regions of each
     region's mean cross-entropy, so that every region counts alike however few validation slices
     it has; or "weighted", the paper's, with the training split's class-frequency weights."""
+    sampling: str = "regions"
+    """How an epoch draws its training slices (mri_tune.training.trainer): "regions", every region
+    alike (the rare ones as often as the common ones, each draw a new augmented view) with an
+    unweighted loss; or "slices", the paper's permutations of the training set with a
+    class-weighted loss. "regions" measured ahead on unseen sites
+    (benchmarks/RESULTS_generalization.md)."""
+    people_power: float = 1.0
+    """Within a region, "regions" draws a person by their slice count to this power: 1 draws every
+    slice of the region alike, 0 every person alike (so a site with many series of a few people
+    does not stand for its region); 1 measured best of 0, 0.5 and 1."""
     eval_batch_size: int = 256
     divergence_check_every: int = 32
     """Iterations between checks of a finite loss (each check waits for the GPU)."""
@@ -68,6 +79,13 @@ class TrainConfig:
         if self.validation_loss not in VALIDATION_LOSSES:
             raise SpecError(f"TrainConfig.validation_loss must be one of {VALIDATION_LOSSES}. "
                             f"Got {self.validation_loss!r}.")
+        if self.sampling not in SAMPLINGS:
+            raise SpecError(f"TrainConfig.sampling must be one of {SAMPLINGS}. "
+                            f"Got {self.sampling!r}.")
+        power = self.people_power
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 1:
+            raise SpecError(f"TrainConfig.people_power must be a number in [0, 1]. Got "
+                            f"{power!r}; 1 is the default.")
         if not (0.0 <= self.momentum < 1.0 and self.lr_decay >= 0.0):
             raise SpecError("TrainConfig needs 0 <= momentum < 1 and lr_decay >= 0. Got "
                             f"momentum={self.momentum!r}, lr_decay={self.lr_decay!r}.")
@@ -131,8 +149,10 @@ def _as_bool(value: Any) -> bool:
 
 def baseline_specs(**train_overrides: Any) -> tuple[CNNSpec, TrainConfig]:
     """The paper's baseline network and training settings (`mri_tune_core.paper.BASELINE`),
-    with the paper's augmentation and class-weighted validation loss unless overridden."""
-    paper_recipe = {"augment": policy("paper"), "validation_loss": "weighted"}
+    with the paper's augmentation, sampling and class-weighted validation loss unless
+    overridden."""
+    paper_recipe = {"augment": policy("paper"), "validation_loss": "weighted",
+                    "sampling": "slices"}
     return specs_from_config(paper.BASELINE, **{**paper_recipe, **train_overrides})
 
 

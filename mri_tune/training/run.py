@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mri_tune.data.store import SliceStore
+from mri_tune.data.store import SliceStore, person_of_volume
 from mri_tune.errors import InputError
 from mri_tune.training.checkpoint import METRICS_FILE, save_checkpoint, write_metrics
 from mri_tune.training.config import TrainConfig
@@ -58,8 +58,9 @@ def train_from_store(store: Path | SliceStore, spec: CNNSpec, config: TrainConfi
         loaded = {split: slices.load_split(split, dev)  # each split read once
                   for split in dict.fromkeys((*train_splits, "validation"))}
         parts = [loaded[split] for split in train_splits]
-        train = parts[0] if len(parts) == 1 else Slices(
-            torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+        person = person_of_volume(slices.volumes())  # (V,)
+        train = Slices(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                       person[torch.cat([p.volume for p in parts]).cpu()])
         return train_on_slices(train, loaded["validation"], slices.classes,
                                spec, config, device=dev, on_epoch=on_epoch, resume=resume)
 

@@ -14,6 +14,15 @@ Symbols (N training slices, C classes, B = batch_size, t = iteration counted fro
               (validation_loss="balanced"); "weighted" uses w_c, the paper's
     lr_t    = learning_rate / (1 + lr_decay * t)                  (Keras' "decay", per iteration)
 SGD uses Nesterov momentum (`mri_tune_core.paper.MOMENTUM`, `NESTEROV`).
+
+How an epoch draws its slices (`TrainConfig.sampling`):
+    "slices"   whole permutations of the training set, the loss weighted by w_c (the paper's)
+    "regions"  with replacement, slice i with probability p_i, the loss unweighted:
+               p_i = (1 / C') * (s_g ** a / sum_{h in c} s_h ** a) / s_g
+               for slice i of class c and person g, C' classes present, s_g the slices of person
+               g in class c, a = people_power. Every region is drawn alike, as w_c weighs them
+               alike, but a rare region is seen as many new augmented views rather than as few
+               heavily weighted ones; a = 1 draws the slices of a region alike, a = 0 its people.
 """
 
 from __future__ import annotations
@@ -53,10 +62,13 @@ class LabelledSlices(Protocol):
 
 @dataclass(frozen=True)
 class Slices:
-    """Plain labelled slices (tests, benchmarks): images (N, H, W) uint8, labels (N,) int64."""
+    """Plain labelled slices: images (N, H, W) uint8, labels (N,) int64, and optionally people
+    (N,) int64, an id of the person each slice shows (what people_power < 1 weighs; without them
+    every slice counts as its own person)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    people: torch.Tensor | None = None
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -73,6 +85,28 @@ def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     present in `labels` (N,) of each class's mean cross-entropy."""
     counts = torch.bincount(labels.to(torch.int64), minlength=num_classes).float()
     return 1.0 / counts.clamp(min=1.0)
+
+
+def region_draw_weights(labels: torch.Tensor, people: torch.Tensor | None,
+                        power: float) -> torch.Tensor:
+    """(N,) float64 probabilities p_i of drawing each training slice (module docstring) from
+    (N,) labels and (N,) person ids; people=None counts each slice as its own person."""
+    labels = labels.to(torch.int64).cpu()
+    people = (torch.arange(labels.numel()) if people is None
+              else torch.as_tensor(people, dtype=torch.int64).cpu())
+    if people.shape != labels.shape:
+        raise InputError(f"Drawing by people needs one person id per training slice. Got "
+                         f"{tuple(people.shape)} ids for {tuple(labels.shape)} labels.")
+    # One group per (class, person) pair present: s_g slices each.
+    pairs, group, sizes = torch.unique(torch.stack([labels, people], dim=1), dim=0,
+                                       return_inverse=True, return_counts=True)
+    group_class = pairs[:, 0]  # (G,)
+    mass = sizes.double() ** power  # (G,) s_g ** a
+    class_mass = torch.zeros(int(group_class.max()) + 1, dtype=torch.float64
+                             ).index_add_(0, group_class, mass)  # (C,) sum over the class
+    classes_present = int((class_mass > 0).sum())
+    per_slice = mass / class_mass[group_class] / sizes / classes_present  # (G,)
+    return per_slice[group]
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
@@ -156,6 +190,12 @@ class Trainer:
         self.train_images, self.train_labels = _on_device(train, dev)  # (N, H, W), (N,)
         self.val_images, self.val_labels = _on_device(validation, dev)
         self.weights = class_weights(self.train_labels, len(self.class_names)).to(dev)  # (C,)
+        self.draw_weights: torch.Tensor | None = None  # (N,) p_i, "regions" sampling only
+        self.loss_weights = self.weights  # (C,) of the training loss
+        if config.sampling == "regions":
+            self.draw_weights = region_draw_weights(
+                self.train_labels, getattr(train, "people", None), config.people_power)
+            self.loss_weights = torch.ones_like(self.weights)  # the draws balance the regions
         self.val_weights = (balanced_weights(self.val_labels, len(self.class_names))
                             if config.validation_loss == "balanced" else self.weights)  # (C,)
         self.images_per_epoch = config.images_for(len(self.train_labels))
@@ -223,6 +263,9 @@ class Trainer:
         return mean_loss, int(wrong) / images, images / (time.perf_counter() - start)
 
     def _draw_order(self, count: int) -> torch.Tensor:
+        if self.draw_weights is not None:
+            return torch.multinomial(self.draw_weights, count, replacement=True,
+                                     generator=self.sampler)
         size = self.train_labels.numel()
         repeats = -(-count // size)
         perms = [torch.randperm(size, generator=self.sampler) for _ in range(repeats)]
@@ -244,7 +287,7 @@ class Trainer:
             group["lr"] = self.learning_rate()
         with self.policy.autocast():
             logits = self.model(images)
-        loss = weighted_cross_entropy(logits, labels, self.weights)
+        loss = weighted_cross_entropy(logits, labels, self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
