@@ -59,10 +59,15 @@ def train_from_store(store: Path | SliceStore, spec: CNNSpec, config: TrainConfi
                   for split in dict.fromkeys((*train_splits, "validation"))}
         parts = [loaded[split] for split in train_splits]
         person = person_of_volume(slices.volumes())  # (V,)
-        train = Slices(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                       person[torch.cat([p.volume for p in parts]).cpu()])
+        train = Slices(_joined([p.images for p in parts]), _joined([p.labels for p in parts]),
+                       person[_joined([p.volume for p in parts]).cpu()])
         return train_on_slices(train, loaded["validation"], slices.classes,
                                spec, config, device=dev, on_epoch=on_epoch, resume=resume)
+
+
+def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor of the splits' rows; a single split is not copied (it may fill a GPU)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def train_on_slices(train: LabelledSlices, validation: LabelledSlices, classes: Sequence[str],
