@@ -14,6 +14,7 @@ from typing import Any
 from mri_tune.errors import InputError
 from mri_tune.experiment.settings import ExperimentSettings
 from mri_tune.experiment.space import baseline_config, scale_space
+from mri_tune_core.files import replace_atomically
 
 SEARCH_RECORD = "mri_tune_search.json"
 
@@ -28,10 +29,8 @@ def write_search_record(settings: ExperimentSettings, warmup_trials: int,
               "warmup_end": 1 + warmup_trials,
               "baseline_config": baseline_config(settings.scale),
               "space": scale_space(settings.scale)}
-    path = experiment_dir / SEARCH_RECORD
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=1))
-    partial.replace(path)
+    text = json.dumps(record, indent=1)
+    replace_atomically(experiment_dir / SEARCH_RECORD, lambda partial: partial.write_text(text))
 
 
 def read_search_record(experiment_dir: Path) -> dict[str, Any] | None:

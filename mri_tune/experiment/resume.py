@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from ray.exceptions import (
 )
 
 from mri_tune.errors import InputError
+from mri_tune_core.files import replace_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def reopen_infrastructure_errors(experiment_dir: Path) -> list[str]:
         entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
         reopened.append(str(trial["relative_logdir"]))
     if reopened:
-        _replace(path, json.dumps(state))
+        text = json.dumps(state)  # a crash while writing leaves the old state, never half a file
+        replace_atomically(path, lambda partial: partial.write_text(text))
     return reopened
 
 
@@ -134,8 +135,3 @@ def _is_crashed(trial: dict[str, Any], experiment_dir: Path) -> bool:
         return False
     return is_infrastructure_error(experiment_dir / trial["relative_logdir"])
 
-
-def _replace(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)  # a crash now leaves the old state, never half a file

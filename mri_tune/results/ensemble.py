@@ -221,6 +221,12 @@ def _check_manifest(path: Path, manifest: dict[str, Any], rebuild: str) -> None:
                              f"inside {path.parent}; a member was moved or deleted. {rebuild}")
 
 
+def manifest_models(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of an ensemble manifest that name a model, its members then its baseline
+    (the manifest's own dicts: updating one updates the manifest)."""
+    return [*manifest["members"], *([manifest["baseline"]] if manifest.get("baseline") else [])]
+
+
 def load_ensemble(folder: Path, device: str = "cpu", part: str = "members") -> Ensemble:
     """Load an ensemble folder; part="baseline" loads its baseline member instead."""
     manifest = read_ensemble_manifest(folder)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -38,12 +37,14 @@ from mri_tune.results.ensemble import (
     ENSEMBLE_FILE,
     TRAINED_ON,
     inference_payload,
+    manifest_models,
     read_ensemble_manifest,
 )
 from mri_tune.training.checkpoint import checkpoint_payload, read_checkpoint, save_atomically
 from mri_tune.training.config import TrainConfig
 from mri_tune.training.model import CNNSpec
 from mri_tune.training.run import train_from_store
+from mri_tune_core.files import replace_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def refit_ensemble(folder: Path, store: Path,
     """
     folder = Path(folder)
     manifest = read_ensemble_manifest(folder)
-    entries = list(manifest["members"]) + ([manifest["baseline"]] if manifest["baseline"] else [])
+    entries = manifest_models(manifest)
     task = ray.remote(_refit_member)
     futures = {task.options(**resources(entry["config"])).remote(
         str(store), read_checkpoint(folder / entry["weights"])["train_config"], entry["spec"],
@@ -84,7 +85,8 @@ def refit_ensemble(folder: Path, store: Path,
         logger.info("refit %d of %d: trial %s, %d epochs on the training and validation splits",
                     done, len(entries), entry["trial_id"], entry["refit_epochs"])
     manifest["refit"] = {"trained_on": list(TRAINED_ON), "store": str(store)}
-    _write_json_atomically(manifest, folder / ENSEMBLE_FILE)
+    text = json.dumps(manifest, indent=1)
+    replace_atomically(folder / ENSEMBLE_FILE, lambda partial: partial.write_text(text))
     refit = sum(e.get("trained_on") == list(TRAINED_ON) for e in entries)
     logger.info("%d of %d models refit on the training and validation splits", refit,
                 len(entries))
@@ -101,8 +103,3 @@ def _refit_member(store: str, train_config: Mapping[str, Any], spec: Mapping[str
     payload["model"] = {name: t.detach().cpu() for name, t in payload["model"].items()}
     return payload
 
-
-def _write_json_atomically(value: dict[str, Any], path: Path) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from mri_tune.data.store import PLANES, SliceStore
 from mri_tune.experiment.console import short_config
 from mri_tune.experiment.record import read_search_record
-from mri_tune.results.ensemble import TRAINED_ON, read_ensemble_manifest
+from mri_tune.results.ensemble import TRAINED_ON, manifest_models, read_ensemble_manifest
 from mri_tune.results.evaluate import Evaluation, EvaluationReport, evaluate
 from mri_tune.results.predict import DEFAULT_THRESHOLD, plot_profiles, summarise_volume
 from mri_tune.results.trials import TrialRecord, load_trials, rank_trials
@@ -257,8 +257,8 @@ def _refit_note(manifest: dict[str, Any]) -> str:
     """How the ensemble's models (and the baseline) were trained, when they were refit."""
     if not manifest.get("refit"):
         return " (each member is its trial's model, trained on the training split)"
-    entries = manifest["members"] + ([manifest["baseline"]] if manifest.get("baseline") else [])
-    kept = [e["trial_id"] for e in entries if e.get("trained_on") != list(TRAINED_ON)]
+    kept = [e["trial_id"] for e in manifest_models(manifest)
+            if e.get("trained_on") != list(TRAINED_ON)]
     note = ("; each member and the baseline trained again, from scratch, on the training and "
             "validation splits for the epochs of its trial's best validation loss")
     return note + (f" (refit failed for {', '.join(kept)}: the trial's own model is used)"

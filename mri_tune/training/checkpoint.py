@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from mri_tune.errors import InputError, SpecError
 from mri_tune.training.config import TrainConfig
 from mri_tune.training.model import CNNSpec, RegionCNN
 from mri_tune.training.trainer import EpochMetrics, Trainer
+from mri_tune_core.files import replace_atomically
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -50,12 +50,9 @@ def save_checkpoint(directory: Path, trainer: Trainer,
 
 
 def save_atomically(payload: dict[str, Any], path: Path) -> Path:
-    """torch.save to a partial file, then rename: a crash mid-write never leaves a truncated
-    checkpoint (and an earlier one at `path` survives it)."""
-    partial = path.with_suffix(".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
-    return path
+    """torch.save by `replace_atomically`: a crash mid-write never leaves a truncated checkpoint
+    (and an earlier one at `path` survives it)."""
+    return replace_atomically(path, lambda partial: torch.save(payload, partial))
 
 
 def checkpoint_payload(trainer: Trainer,
