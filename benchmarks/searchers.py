@@ -139,6 +139,7 @@ ABLATIONS: dict[str, Callable[[Any, int], Any]] = {
     "gp_pi2": _gp("default", acquisition="pi"),
     "gp_rbf": _gp("default", kernel="rbf"),
     "gp_standardize": _gp("default", output_transform="standardize"),
+    "gp_log": _gp("default", output_transform="log"),  # the default until the "auto" warp
     "gp_no_feasibility": _gp("default", feasibility=False, impute_failures=False),
     "gp_warmup5": _gp("default", warmup_trials=5),
     "gp_warmup20": _gp("default", warmup_trials=20),

@@ -7,15 +7,16 @@ targets. Pending trials are only excluded; failures are only excluded (the paper
 hyper-parameters maximise the evidence alone (no prior) and every grid point is distinct.
 
 `default` is the variant that measured best on the tuning half of benchmarks/searchers.py (see
-benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, log-warped losses, expected
-improvement; over the pending trials fantasised q-EI ("qei": what a candidate adds to the
-expected improvement of the batch of pending trials, on joint posterior samples; ahead of the
-kriging believer at 3 of 4 settings of the tuning half and on development functions at 8 and 32
-pending, identical with nothing pending), a feasibility estimate learned from failures,
-10 warm-up trials; continuous domains at 64 points (space.DEFAULT_RESOLUTION), coarsened where
-equal losses show the objective does not resolve them (ties.py); spaces of at most
-`exhaustive_limit` configurations scored whole, larger ones through a candidate set. The GP's
-hyper-parameters are a MAP estimate under Optuna's priors (gp.py, `FitSettings.prior`).
+benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, losses warped by the likeliest of a
+log family and the identity at each refit ("auto", warping.py), expected improvement; over the
+pending trials fantasised q-EI ("qei": what a candidate adds to the expected improvement of the
+batch of pending trials, on joint posterior samples; ahead of the kriging believer at 3 of 4
+settings of the tuning half and on development functions at 8 and 32 pending, identical with
+nothing pending), a feasibility estimate learned from failures, 10 warm-up trials; continuous
+domains at 64 points (space.DEFAULT_RESOLUTION), coarsened where equal losses show the objective
+does not resolve them (ties.py); spaces of at most `exhaustive_limit` configurations scored whole,
+larger ones through a candidate set. The GP's hyper-parameters are a MAP estimate under Optuna's
+priors (gp.py, `FitSettings.prior`).
 
 Both presets are `SearchSettings` values; `GPSearch(preset=..., **overrides)` replaces fields, and
 `warmup_trials=None` (the default) keeps the preset's own warm-up (10, or the paper's 47).
@@ -32,7 +33,7 @@ from searchers.errors import SearchSpaceError
 from searchers.feasibility import FeasibilitySettings
 from searchers.gp import FitSettings, Kernel
 from searchers.space import SpaceSettings
-from searchers.warping import OutputTransformName
+from searchers.warping import OUTPUT_TRANSFORMS, OutputTransformName
 
 Acquisition = Literal["pi", "ei"]
 BatchRule = Literal["exclude", "kriging_believer", "local_penalty", "thompson", "mix", "qei"]
@@ -50,7 +51,7 @@ class SearchSettings:
     """Everything that decides the proposals; defaults are the `default` preset."""
 
     kernel: Kernel = "matern52"
-    output_transform: OutputTransformName = "log"
+    output_transform: OutputTransformName = "auto"
     acquisition: Acquisition = "ei"
     targets: tuple[float, ...] = paper.TARGETS  # used by acquisition "pi"
     warmup_trials: int = 10
@@ -86,8 +87,8 @@ class SearchSettings:
         _check(self.kernel in ("rbf", "matern52"), "kernel", "'rbf' or 'matern52'", self.kernel)
         _check(self.acquisition in ("pi", "ei"), "acquisition", "'pi' or 'ei'",
                self.acquisition)
-        _check(self.output_transform in ("standardize", "log", "rank"), "output_transform",
-               "'standardize', 'log' or 'rank'", self.output_transform)
+        _check(self.output_transform in OUTPUT_TRANSFORMS, "output_transform",
+               f"one of {OUTPUT_TRANSFORMS}", self.output_transform)
         _check(self.batch_rule in BATCH_RULES, "batch_rule", f"one of {BATCH_RULES}",
                self.batch_rule)
         for name in ("mix_switch", "thompson_candidates", "exhaustive_limit",

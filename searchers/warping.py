@@ -9,6 +9,11 @@ to standardised units (mean 0, sd 1 over the observations).
                   so the GP resolves differences among the good ones; `delta` sets where the
                   log starts to bite, relative to the spread of the typical trial.
     rank          z = Phi^-1((rank + 1/2) / n): a Gaussian copula, immune to outliers.
+    auto          the one of {log with delta = 0.1, 1 or 10 x (median - y_min), standardize}
+                  under which the observations are most likely as a Gaussian sample, counting
+                  the transform's Jacobian (the maximum-likelihood choice of a Box-Cox family):
+                  the log where a tail of bad trials is heavy (ML losses), the identity where
+                  the good values are the rare ones (a narrow funnel in a plateau, e.g. Ackley).
 
 Values below the best observed (PI targets) are extrapolated linearly from the two best points for
 `rank`, and floored at delta / 1000 above y_min for `log`, keeping every transform monotone.
@@ -16,14 +21,17 @@ Values below the best observed (PI targets) are extrapolated linearly from the t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from scipy.special import ndtri
 
-OutputTransformName = Literal["standardize", "log", "rank"]
+OutputTransformName = Literal["standardize", "log", "rank", "auto"]
+OUTPUT_TRANSFORMS: tuple[str, ...] = ("standardize", "log", "rank", "auto")
 _DELTA_FRACTION = 0.1
+_AUTO_DELTA_FRACTIONS = (0.1, 1.0, 10.0)  # "auto": the log's delta candidates, then identity
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,8 +56,32 @@ class OutputTransform:
 
 def fit_output_transform(values: np.ndarray, kind: OutputTransformName) -> OutputTransform:
     values = np.asarray(values, dtype=np.float64)
+    if kind == "auto":
+        return _most_likely(values)
+    return _fit(values, kind, _DELTA_FRACTION)
+
+
+def _most_likely(values: np.ndarray) -> OutputTransform:
+    """"auto": the candidate transform under which `values` are the likeliest Gaussian sample."""
+    candidates = [_fit(values, "log", fraction) for fraction in _AUTO_DELTA_FRACTIONS]
+    candidates.append(_fit(values, "standardize", _DELTA_FRACTION))
+    if len(values) < 3 or np.ptp(values) == 0:  # nothing to judge a shape by: the plain log
+        return candidates[0]
+    scores = [_gaussian_log_likelihood(t, values) for t in candidates]
+    return candidates[int(np.argmax(scores))]  # ties: the first, the default log
+
+
+def _gaussian_log_likelihood(transform: OutputTransform, values: np.ndarray) -> float:
+    """log p(values) when transform._raw(values) ~ N(mean, sd^2), up to a shared constant."""
+    log_jacobian = 0.0
+    if transform.kind == "log":  # d/dy log(y - y_min + delta) = 1 / (y - y_min + delta)
+        log_jacobian = -float(np.sum(np.log(values - values.min() + transform.shift)))
+    return -len(values) * math.log(transform.sd) + log_jacobian
+
+
+def _fit(values: np.ndarray, kind: OutputTransformName, fraction: float) -> OutputTransform:
     spread = float(np.median(values) - values.min())
-    shift = max(_DELTA_FRACTION * spread, 1e-12 * max(1.0, abs(float(values.min()))), 1e-300)
+    shift = max(fraction * spread, 1e-12 * max(1.0, abs(float(values.min()))), 1e-300)
     probe = OutputTransform(kind, values, shift, 0.0, 1.0)
     raw = probe._raw(values)
     sd = float(raw.std())

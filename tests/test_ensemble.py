@@ -27,6 +27,22 @@ def test_rank_trials_orders_by_best_validation_loss_and_drops_failures() -> None
     assert [t.trial_id for t in rank_trials(trials)] == ["t2", "t0", "t3"]
 
 
+def test_a_trial_that_differs_only_in_epochs_and_ends_with_the_same_model_is_left_out() -> None:
+    from mri_tune.results.trials import distinct_models
+
+    def trial(index, loss, best_epoch, **config):
+        return TrialRecord(f"t{index}", index, config, "TERMINATED", loss, 0.1, best_epoch, 8,
+                           "/c")
+
+    ranked = [trial(0, 0.5, 5, lr=0.01, epochs=8),
+              trial(1, 0.5, 5, lr=0.01, epochs=6),  # the same model as t0: left out
+              trial(2, 0.5, 5, lr=0.02, epochs=6),  # another learning rate
+              trial(3, 0.6, 5, lr=0.01, epochs=4),  # another loss: another model
+              trial(4, 0.5, 4, lr=0.01, epochs=6)]  # best at another epoch
+    assert [t.trial_id for t in distinct_models(ranked)] == ["t0", "t2", "t3", "t4"]
+    assert distinct_models(ranked[2:]) == ranked[2:]
+
+
 def _model(seed: int) -> RegionCNN:
     spec = CNNSpec(num_blocks=3, convs_per_block=1, filters=4, kernel_size=3)
     return RegionCNN(spec, 4, (32, 32), generator=torch.Generator().manual_seed(seed)).eval()

@@ -120,7 +120,7 @@ def test_grid_sums_equal_brute_force_kernel_sums():
     np.testing.assert_allclose(grid_sums(grid, tables, weights), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["standardize", "log", "rank"])
+@pytest.mark.parametrize("kind", ["standardize", "log", "rank", "auto"])
 def test_output_transforms_are_monotone_and_standardised(kind):
     from searchers.warping import fit_output_transform
 
@@ -131,6 +131,28 @@ def test_output_transforms_are_monotone_and_standardised(kind):
     probe = np.array([0.1, 0.2, 0.25, 0.255, 0.3, 1.0, 3.0])  # incl. PI targets below the best
     assert np.all(np.diff(transform(probe)) >= 0)
     assert transform(np.array([0.15]))[0] < transform(np.array([0.25]))[0]
+
+
+def test_auto_transform_takes_the_log_for_a_heavy_tail_and_identity_for_a_rare_dip():
+    """"auto" keeps the shape that makes the losses likeliest as a Gaussian sample."""
+    from searchers.warping import fit_output_transform
+
+    rng = np.random.default_rng(0)
+    # ML losses: most trials near the best, a long tail of diverged ones
+    tail = 0.2 + rng.lognormal(-2.0, 1.5, size=60)
+    chosen = fit_output_transform(tail, "auto")
+    assert chosen.kind == "log" and chosen.shift == pytest.approx(0.1 * (np.median(tail)
+                                                                          - tail.min()))
+    # a plateau with a few good values below it (Ackley's funnel): the log would stretch them
+    dip = 12.0 - rng.lognormal(-1.0, 1.0, size=60)
+    assert fit_output_transform(dip, "auto").kind == "standardize"
+    # a symmetric bell: identity, or a log so wide that it is nearly linear
+    bell = rng.normal(0.0, 1.0, size=200)
+    chosen = fit_output_transform(bell, "auto")
+    assert chosen.kind == "standardize" or chosen.shift >= np.median(bell) - bell.min()
+    # too few values to judge a shape: the plain log, as "log" gives
+    few = np.array([0.3, 0.5])
+    assert fit_output_transform(few, "auto").shift == fit_output_transform(few, "log").shift
 
 
 @pytest.mark.parametrize("n, starts", [(39, 4), (41, 1), (50, 2), (190, 2), (210, 1), (220, 1)])

@@ -30,7 +30,7 @@ import torch
 from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
 from mri_tune.experiment.record import read_search_record
-from mri_tune.results.trials import TrialRecord, load_trials, rank_trials
+from mri_tune.results.trials import TrialRecord, distinct_models, load_trials, rank_trials
 from mri_tune.training.checkpoint import load_checkpoint, read_checkpoint
 from mri_tune.training.inference import predict_proba
 from mri_tune_core import paper
@@ -59,6 +59,12 @@ def build_ensemble(experiment_dir: Path, out: Path, top: int = paper.TOP_K,
     experiment_dir = Path(experiment_dir).expanduser().resolve()
     trials = load_trials(experiment_dir)
     ranked = rank_trials(trials)
+    distinct = distinct_models(ranked)
+    if len(distinct) < len(ranked):
+        logger.info("%d trials left out of the ranking: their best checkpoint is the model of a "
+                    "better-ranked trial (same configuration but the epoch count, same best "
+                    "epoch and loss)", len(ranked) - len(distinct))
+    ranked = distinct
     if not ranked:
         raise InputError(f"{experiment_dir} holds no trial with a validation loss and a "
                          "checkpoint; let the search finish at least one trial (or --resume it).")

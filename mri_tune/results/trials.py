@@ -70,6 +70,26 @@ def rank_trials(trials: list[TrialRecord]) -> list[TrialRecord]:
     return sorted((t for t in trials if t.finished_ok), key=lambda t: (t.best_val_loss, t.index))
 
 
+def distinct_models(ranked: list[TrialRecord]) -> list[TrialRecord]:
+    """`ranked` without the trials whose best checkpoint is a model listed before them.
+
+    Two configurations that differ only in their epoch count train the same network epoch for
+    epoch; when both reach their best validation loss at the same epoch with bitwise the same
+    loss, their best checkpoints hold the same weights, and an ensemble would average one model
+    twice (the demo grid's epochs 6 and 8 do this whenever the best epoch is at most 6).
+    """
+    kept: list[TrialRecord] = []
+    seen: set[tuple[str, int, float]] = set()
+    for trial in ranked:
+        rest = {k: v for k, v in trial.config.items() if k != "epochs"}
+        key = (json.dumps(rest, sort_keys=True, default=str), trial.best_epoch,
+               trial.best_val_loss)
+        if key not in seen:
+            seen.add(key)
+            kept.append(trial)
+    return kept
+
+
 def _read_state(experiment_dir: Path) -> Path:
     path = newest_state_file(experiment_dir)
     if path is None:
