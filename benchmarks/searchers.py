@@ -393,11 +393,20 @@ def overhead_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ---- main ---------------------------------------------------------------------------------
+_QUICK_PROBLEMS = ("branin", "knn_digits", "svm_digits")
+_QUICK_RUNS = Path("benchmark_output/searchers_quick.jsonl")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True,
+    parser.add_argument("--runs", type=Path, default=None,
                         help="JSON-lines file: every finished run is appended; runs already in "
-                             "it are not repeated, and the tables cover all of its runs")
+                             "it are not repeated, and the tables cover all of its runs "
+                             "(required, except with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a few minutes' check (make bench): {', '.join(_QUICK_PROBLEMS)}, "
+                             "the default against TPE and HyperOpt, 2 seeds, 1 and 8 pending, "
+                             f"runs in {_QUICK_RUNS}")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     search = parser.add_argument_group("search")
     search.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
@@ -417,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--overhead-problems", nargs="+", default=["cnn_paper", "levy10"])
     cluster.add_argument("--cycles", type=int, default=10, help="timed calls per count")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.problems, args.seeds, args.concurrency = list(_QUICK_PROBLEMS), 2, [1, 8]
+        args.searchers = ["gp_default", "optuna_tpe", "hyperopt"]
+        args.runs = args.runs or _QUICK_RUNS
+        args.runs.parent.mkdir(parents=True, exist_ok=True)
+    if args.runs is None:
+        parser.error("--runs FILE is required (or --quick)")
     logging.basicConfig(level=logging.WARNING)
     budget = max(args.budgets)
     jobs = [(p, s, seed, c, budget, args.time_limit if s == "optuna_gp" else 0.0)
