@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
+import random
 import shutil
 from pathlib import Path
 
@@ -157,7 +157,14 @@ def test_a_bad_checkpoint_is_a_clear_error(good_checkpoint, tmp_path, damage) ->
     if damage == "truncated":
         path.write_bytes(good[: len(good) // 2])
     elif damage == "random bytes":
-        path.write_bytes(os.urandom(4096))
+        # Not one draw but many fixed ones: random bytes stop the unpickler in several ways
+        # (UnpicklingError, IndexError, KeyError, UnicodeDecodeError), and each must read as
+        # a corrupt checkpoint, every run.
+        for seed in range(1, 200):
+            path.write_bytes(random.Random(seed).randbytes(4096))
+            with pytest.raises(InputError, match="checkpoint.pt"):
+                load_checkpoint(path)
+        path.write_bytes(random.Random(0).randbytes(4096))
     elif damage == "empty":
         path.write_bytes(b"")
     elif damage == "planted pickle":

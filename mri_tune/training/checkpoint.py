@@ -95,6 +95,11 @@ def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(f"{path} is not a readable checkpoint: it is truncated or corrupt "
                          f"({_first_line(err)}). {_FIX}") from err
+    except Exception as err:  # noqa: BLE001 - the weights-only unpickler ran nothing
+        # Bytes that are no pickle can stop that unpickler anywhere (an empty stack, an unknown
+        # memo key, a broken string): corrupt, like the cases above.
+        raise InputError(f"{path} is not a readable checkpoint: it is corrupt "
+                         f"({type(err).__name__}: {_first_line(err)}). {_FIX}") from err
     if not isinstance(payload, dict):
         raise InputError(f"{path} holds a {type(payload).__name__}, not an mri-tune checkpoint "
                          f"dict. {_FIX}")
