@@ -61,6 +61,7 @@ def _load_problems() -> Any:
 PROBLEMS = _load_problems().PROBLEMS
 TUNING = _load_problems().TUNING
 HELD_OUT = _load_problems().HELD_OUT
+DEVELOPMENT = _load_problems().DEVELOPMENT
 
 METRIC = "loss"
 RANDOM_SEEDS = 20  # random search is cheap: its mean, the score's zero, gets more seeds
@@ -69,7 +70,7 @@ _problem_cache: dict[str, Any] = {}
 
 def _problem(name: str) -> Any:
     if name not in _problem_cache:
-        _problem_cache[name] = PROBLEMS[name]()
+        _problem_cache[name] = {**PROBLEMS, **DEVELOPMENT}[name]()
     return _problem_cache[name]
 
 
@@ -151,6 +152,8 @@ ABLATIONS: dict[str, Callable[[Any, int], Any]] = {
     "gp_res20": _gp("default", space_settings=SpaceSettings(resolution=20)),
     "gp_res64": _gp("default", space_settings=SpaceSettings(resolution=64)),
     "gp_res200": _gp("default", space_settings=SpaceSettings(resolution=200)),
+    "gp_coarse": _gp("default", space_settings=SpaceSettings()),  # 64 points: until the fine limit
+    "gp_fine": _gp("default", space_settings=SpaceSettings(fine_limit=65_536)),
     "gp_cap25": _gp("default", budget=100, pending_fraction=0.25),
     "gp_paper_warmup10": _gp("paper", warmup_trials=10),
 }
@@ -409,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"runs in {_QUICK_RUNS}")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     search = parser.add_argument_group("search")
-    search.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    search.add_argument("--problems", nargs="+", default=list(PROBLEMS),
+                        choices=list(PROBLEMS) + list(DEVELOPMENT),
+                        help="default: the 10 benchmark problems; the development functions "
+                             f"({', '.join(DEVELOPMENT)}) run only when named")
     search.add_argument("--searchers", nargs="*", default=list(SEARCHERS),
                         choices=list(SEARCHERS) + list(ABLATIONS))
     search.add_argument("--seeds", type=int, default=5)
@@ -454,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(runs, args.budgets)
     if args.table_searchers is not None:
         rows = [r for r in rows if r["searcher"] in {"random", *args.table_searchers}]
-    for title, names in (("tuning problems", TUNING), ("held-out problems", HELD_OUT)):
+    for title, names in (("tuning problems", TUNING), ("held-out problems", HELD_OUT),
+                         ("development functions", tuple(DEVELOPMENT))):
         problems = [p for p in names if p in args.problems]
         if problems:
             print(headline_table(rows, problems, title))

@@ -4,7 +4,8 @@
 trials, a GP with a Gaussian (RBF) kernel on standardised losses, probability of improvement for
 two targets (the best loss and a 25% improvement on it), successive proposals alternating the
 targets. Pending trials are only excluded; failures are only excluded (the paper had none); the
-hyper-parameters maximise the evidence alone (no prior) and every grid point is distinct.
+hyper-parameters maximise the evidence alone (no prior) and every grid point is distinct;
+continuous domains (the paper had none) are searched at 64 points.
 
 `default` is the variant that measured best on the tuning half of benchmarks/searchers.py (see
 benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, losses warped by the likeliest of a
@@ -13,10 +14,11 @@ pending trials fantasised q-EI ("qei": what a candidate adds to the expected imp
 batch of pending trials, on joint posterior samples; ahead of the kriging believer at 3 of 4
 settings of the tuning half and on development functions at 8 and 32 pending, identical with
 nothing pending), a feasibility estimate learned from failures, 10 warm-up trials; continuous
-domains at 64 points (space.DEFAULT_RESOLUTION), coarsened where equal losses show the objective
-does not resolve them (ties.py); spaces of at most `exhaustive_limit` configurations scored whole,
-larger ones through a candidate set. The GP's hyper-parameters are a MAP estimate under Optuna's
-priors (gp.py, `FitSettings.prior`).
+domains at 64 points (space.DEFAULT_RESOLUTION), or as many more as keep a small space at most
+16,384 configurations (`DEFAULT_FINE_LIMIT`: branin's 2-d at 128 x 128), coarsened where equal
+losses show the objective does not resolve them (ties.py); spaces of at most `exhaustive_limit`
+configurations scored whole, larger ones through a candidate set. The GP's hyper-parameters are
+a MAP estimate under Optuna's priors (gp.py, `FitSettings.prior`).
 
 Both presets are `SearchSettings` values; `GPSearch(preset=..., **overrides)` replaces fields, and
 `warmup_trials=None` (the default) keeps the preset's own warm-up (10, or the paper's 47).
@@ -35,6 +37,7 @@ from searchers.gp import FitSettings, Kernel
 from searchers.space import SpaceSettings
 from searchers.warping import OUTPUT_TRANSFORMS, OutputTransformName
 
+DEFAULT_FINE_LIMIT = 16_384
 Acquisition = Literal["pi", "ei"]
 BatchRule = Literal["exclude", "kriging_believer", "local_penalty", "thompson", "mix", "qei"]
 BATCH_RULES: tuple[str, ...] = ("exclude", "kriging_believer", "local_penalty", "thompson", "mix",
@@ -75,7 +78,10 @@ class SearchSettings:
     budget: int | None = None  # total trials of the run, for `pending_fraction`
     fit: FitSettings = field(default_factory=FitSettings)
     feasibility_model: FeasibilitySettings = field(default_factory=FeasibilitySettings)
-    space_settings: SpaceSettings = field(default_factory=SpaceSettings)
+    # continuous domains as fine as keep the space at most 16,384 configurations, 64 points at
+    # least (space.py `fine_limit`; measured against 64 and 65,536 in RESULTS_searchers.md)
+    space_settings: SpaceSettings = field(
+        default_factory=lambda: SpaceSettings(fine_limit=DEFAULT_FINE_LIMIT))
 
     def __post_init__(self) -> None:
         _check(self.warmup_trials >= 0, "warmup_trials", "an int >= 0", self.warmup_trials)
@@ -107,7 +113,8 @@ PRESETS: dict[str, SearchSettings] = {
     "paper": SearchSettings(kernel="rbf", output_transform="standardize", acquisition="pi",
                             targets=paper.TARGETS, warmup_trials=paper.WARMUP_TRIALS,
                             batch_rule="exclude", feasibility=False, impute_failures=False,
-                            distinct_ties=False, fit=FitSettings(prior=False)),
+                            distinct_ties=False, fit=FitSettings(prior=False),
+                            space_settings=SpaceSettings()),
     "default": SearchSettings(),
 }
 

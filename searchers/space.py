@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +59,9 @@ class SpaceSettings:
 
     resolution: int = DEFAULT_RESOLUTION
     max_values_per_dimension: int = DEFAULT_MAX_VALUES
+    # > 0: continuous domains get as many points as keep the whole space at most this many
+    # configurations (never fewer than `resolution`, never more than `max_values_per_dimension`)
+    fine_limit: int = 0
 
     def __post_init__(self) -> None:
         if self.resolution < 2:
@@ -70,6 +73,10 @@ class SpaceSettings:
             raise SearchSpaceError(
                 "max_values_per_dimension must be an int >= 2; "
                 f"got {self.max_values_per_dimension}."
+            )
+        if self.fine_limit < 0:
+            raise SearchSpaceError(
+                f"fine_limit must be an int >= 0 (0: off); got {self.fine_limit}."
             )
 
 
@@ -178,6 +185,24 @@ def build_space(param_space: Mapping[str, Any],
                 settings: SpaceSettings | None = None) -> SearchSpace:
     """Enumerate a Ray Tune param space (possibly nested dicts) into a `SearchSpace`."""
     settings = settings or SpaceSettings()
+    space = _build_space(param_space, settings)
+    resolution = _fine_resolution(space, settings)
+    if resolution > settings.resolution:
+        space = _build_space(param_space, replace(settings, resolution=resolution))
+    return space
+
+
+def _fine_resolution(space: SearchSpace, settings: SpaceSettings) -> int:
+    """Points per continuous domain that keep the space within `fine_limit` (0: no change)."""
+    continuous = sum(d.continuous for d in space.dimensions)
+    if settings.fine_limit <= 0 or continuous == 0:
+        return settings.resolution
+    others = math.prod(len(d.values) for d in space.dimensions if not d.continuous)
+    per_dimension = int((settings.fine_limit / others) ** (1.0 / continuous) + 1e-9)
+    return min(per_dimension, settings.max_values_per_dimension)
+
+
+def _build_space(param_space: Mapping[str, Any], settings: SpaceSettings) -> SearchSpace:
     dims: list[Dimension] = []
     constants: dict[str, Any] = {}
     for name, domain in flatten(param_space, keep_grid_search=True).items():

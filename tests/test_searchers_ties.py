@@ -7,6 +7,7 @@ import math
 import numpy as np
 from ray import tune
 
+from searchers.settings import SearchSettings
 from searchers.space import build_space
 from searchers.ties import TieGaps
 from tests.test_searchers import Driver, make
@@ -51,7 +52,8 @@ def test_ties_across_an_integer_or_categorical_dimension_or_unequal_losses_set_n
 
 
 def test_model_proposals_keep_out_of_the_gaps_equal_losses_revealed():
-    space = build_space(SPACE)
+    space = build_space(SPACE, SearchSettings().space_settings)  # the searcher's own grid
+    assert space.shape[0] == 1000  # lr as fine as the default's limit allows (the cap)
     encoded = space.dimensions[0].encoded
     searcher = make(space=SPACE, distinct_ties=True, warmup_trials=6)
     driver = Driver(searcher, 1, quantised_loss)  # each proposal knows every earlier result

@@ -11,6 +11,7 @@ from ray import tune
 from mri_tune_core.paper import BASELINE
 from searchers.errors import SearchSpaceError
 from searchers.gp_search import paper_space
+from searchers.settings import resolve_settings
 from searchers.space import SpaceSettings, build_space
 
 
@@ -56,6 +57,32 @@ def test_continuous_domains_use_the_configured_resolution():
     np.testing.assert_allclose(lr.values, [1e-4, 1e-3, 1e-2, 1e-1])
     np.testing.assert_allclose(m.values, [0, 1 / 3, 2 / 3, 1])
     assert space.size == 16
+
+
+def test_fine_limit_refines_continuous_domains_as_far_as_the_space_allows():
+    space = {"x": tune.uniform(-5, 10), "y": tune.uniform(0, 15), "k": tune.choice([1, 2, 3, 4])}
+    coarse = build_space(space, SpaceSettings(resolution=8, fine_limit=0))
+    fine = build_space(space, SpaceSettings(resolution=8, fine_limit=4 * 100))
+    assert coarse.shape == (8, 8, 4)
+    assert fine.shape == (10, 10, 4)  # floor(sqrt(400 / 4)) points per continuous domain
+    np.testing.assert_allclose(fine.dimensions[0].values, np.linspace(-5, 10, 10))
+    assert fine.dimensions[2].values == (1, 2, 3, 4)  # discrete domains are not touched
+    # never below the resolution, never above the per-dimension cap
+    assert build_space(space, SpaceSettings(resolution=8, fine_limit=16)).shape == (8, 8, 4)
+    capped = SpaceSettings(resolution=8, fine_limit=10**9, max_values_per_dimension=50)
+    assert build_space(space, capped).shape == (50, 50, 4)
+    with pytest.raises(SearchSpaceError, match="fine_limit"):
+        SpaceSettings(fine_limit=-1)
+
+
+def test_the_default_preset_refines_a_small_continuous_space_and_the_paper_preset_does_not():
+    box = {"x": tune.uniform(-5, 10), "y": tune.uniform(0, 15)}
+    default = build_space(box, resolve_settings("default").space_settings)
+    paper = build_space(box, resolve_settings("paper").space_settings)
+    assert default.shape == (128, 128)  # 16,384 configurations, the default's limit
+    assert paper.shape == (64, 64)
+    wide = {f"x{i}": tune.uniform(0, 1) for i in range(6)}  # 64^6 is already over the limit
+    assert build_space(wide, resolve_settings("default").space_settings).shape == (64,) * 6
 
 
 @pytest.mark.parametrize("domain, words", [
