@@ -187,6 +187,15 @@ class GPSearchCore:
         self._model_proposals += 1
         return self._issue(trial_id, choice, "model")
 
+    def release(self, trial_id: str) -> bool:
+        """Forget a pending trial that will never run (its row may be proposed again); returns
+        whether it was pending. For a driver's restore: a trial the searcher issued but the
+        restored experiment never recorded."""
+        if self._pending.pop(trial_id, None) is None:
+            return False
+        self._init_caches()  # `used` and its mask are rebuilt without the row
+        return True
+
     def complete(self, trial_id: str, value: float | None,
                  config: Mapping[str, Any] | None = None) -> None:
         """Record a finished trial; `value` None (or non-finite) means it failed."""

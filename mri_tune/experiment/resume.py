@@ -8,6 +8,18 @@ was full (its checkpoint could not be written) (`--on-error` decides only for ex
 trial's own code). The trial's own known failures (`oom`, `invalid_spec`, `diverged`) are normal
 completions with a `failure` key and are never errors.
 
+`settle_searcher` makes the searcher's saved state agree with Tune's. Tune writes the experiment
+state and the searcher's state as two files, one after the other: a driver killed between the two
+writes can leave a trial pending in the searcher that the experiment state already has finished
+(or never recorded). The restored experiment never reports such a trial again, so the searcher
+would hold it pending forever, and with the cap on pending proposals (a quarter of the remaining
+budget) it would propose nothing more: the resumed search would wait for ever. Before
+`Tuner.restore`, each such trial is completed from its last result row (its folder's
+result.json, what Tune itself would have passed to `on_trial_complete`), completed as failed
+when it errored and will not be retried, or released when the experiment never recorded it;
+and the trial generator's count, saved with the searcher, is raised to the trials the
+experiment recorded, or the search would end with more than num_samples trials.
+
 `reopen_infrastructure_errors` marks those trials unfinished in Tune's newest experiment state
 (`experiment_state-*.json`, a JSON list of per-trial JSON objects whose `status` is a plain
 string) before `Tuner.restore` reads it. It reads each errored trial's `error.pkl`, the pickled
@@ -35,10 +47,14 @@ from ray.exceptions import (
 
 from mri_tune.errors import InputError
 from mri_tune_core.files import replace_atomically
+from searchers import GPSearch
 
 logger = logging.getLogger(__name__)
 
 STATE_GLOB = "experiment_state-*.json"
+SEARCHER_GLOB = "searcher-state-*.pkl"  # Ray's Searcher.CKPT_FILE_TMPL; Tune restores the max()
+GENERATOR_GLOB = "search_gen_state-*.json"  # Ray's SearchGenerator.CKPT_FILE_TMPL (a pickle)
+RESULT_FILE = "result.json"
 ERROR_PICKLE = "error.pkl"
 ERROR_TEXT = "error.txt"
 # A worker or actor process that died (killed, segfault, lost connection), a node that died,
@@ -135,3 +151,84 @@ def _is_crashed(trial: dict[str, Any], experiment_dir: Path) -> bool:
         return False
     return is_infrastructure_error(experiment_dir / trial["relative_logdir"])
 
+
+def settle_searcher(experiment_dir: Path, errors_retried: bool) -> list[str]:
+    """Complete or release the saved searcher's pending trials that Tune will not report again
+    (module docstring); returns a line per trial settled. Call after
+    `reopen_infrastructure_errors` and before `Tuner.restore`; `errors_retried`: whether the
+    restore resumes errored trials (--on-error retry)."""
+    experiment_dir = Path(experiment_dir)
+    state_path = newest_state_file(experiment_dir)
+    saved = sorted(experiment_dir.glob(SEARCHER_GLOB))
+    if state_path is None or not saved:
+        return []
+    path = saved[-1]
+    searcher = GPSearch()
+    try:
+        searcher.restore(str(path))
+        pending = searcher.core.pending
+    except Exception as err:  # noqa: BLE001  (a state Tune's own restore will judge)
+        logger.warning("left the searcher state %s as it is: %s", path, err)
+        return []
+    _, trials, _ = _read_state(state_path)
+    by_id = {str(t.get("trial_id")): t for t in trials}
+    settled = []
+    for trial_id in pending:
+        trial = by_id.get(trial_id)
+        status = None if trial is None else trial.get("status")
+        if trial is None:
+            searcher.core.release(trial_id)
+            settled.append(f"{trial_id}: issued but never recorded by Tune, released")
+        elif status == "TERMINATED":
+            result = _last_result(experiment_dir / str(trial.get("relative_logdir", "")))
+            searcher.on_trial_complete(trial_id, result=result, error=result is None)
+            settled.append(f"{trial_id}: finished before the crash, its result given to the "
+                           "searcher" if result is not None else
+                           f"{trial_id}: finished without a result, recorded as failed")
+        elif status == "ERROR" and not errors_retried:
+            searcher.on_trial_complete(trial_id, error=True)
+            settled.append(f"{trial_id}: errored before the crash, recorded as failed")
+    if settled:
+        replace_atomically(path, lambda partial: searcher.save(str(partial)))
+    counted = _count_recorded_trials(experiment_dir, len(trials))
+    if counted:
+        settled.append(counted)
+    return settled
+
+
+def _count_recorded_trials(experiment_dir: Path, recorded: int) -> str | None:
+    """Tune's trial generator counts the trials it created (search_gen_state-*.json, saved with
+    the searcher): behind the experiment state, it would create more than num_samples trials.
+    Raise its count to the trials the experiment recorded; returns a line, or None."""
+    saved = sorted(experiment_dir.glob(GENERATOR_GLOB))
+    if not saved:
+        return None
+    path = saved[-1]  # the max(), as Tune restores
+    try:
+        state = ray.cloudpickle.loads(path.read_bytes())
+        counter = int(state["counter"])
+    except Exception as err:  # noqa: BLE001  (a state Tune's own restore will judge)
+        logger.warning("left the trial generator's state %s as it is: %s", path, err)
+        return None
+    if counter >= recorded:
+        return None
+    state["counter"] = recorded
+    data = ray.cloudpickle.dumps(state)
+    replace_atomically(path, lambda partial: partial.write_bytes(data))
+    return f"trial count {counter} -> {recorded}, the trials the experiment recorded"
+
+
+def _last_result(trial_dir: Path) -> dict[str, Any] | None:
+    """The trial's last reported row (result.json, one JSON object a line), or None."""
+    try:
+        lines = (trial_dir / RESULT_FILE).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row cut short by the crash
+        if isinstance(row, dict):
+            return row
+    return None

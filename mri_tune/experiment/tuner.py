@@ -22,7 +22,11 @@ from mri_tune.errors import InputError
 from mri_tune.experiment.console import SearchProgress, show_once
 from mri_tune.experiment.record import check_same_search, write_search_record
 from mri_tune.experiment.resources import concurrent_slots, task_resources, trial_resources
-from mri_tune.experiment.resume import infrastructure_errors, reopen_infrastructure_errors
+from mri_tune.experiment.resume import (
+    infrastructure_errors,
+    reopen_infrastructure_errors,
+    settle_searcher,
+)
 from mri_tune.experiment.settings import ExperimentSettings
 from mri_tune.experiment.space import IMAGES_PER_EPOCH, STORE_SIZE, baseline_config, param_space
 from mri_tune.experiment.trainable import TrialSettings, make_trainable
@@ -148,6 +152,8 @@ def restore_tuner(settings: ExperimentSettings, write: Callable[[str], None]) ->
     if folder is not None:
         for trial in reopen_infrastructure_errors(folder):
             write(f"continuing {trial}: its worker died, the trial did not fail")
+        for line in settle_searcher(folder, errors_retried=settings.on_error == "retry"):
+            write(f"searcher: {line}")
     return tune.Tuner.restore(settings.experiment_dir, trainable=_trainable(settings),
                               resume_unfinished=True,
                               resume_errored=settings.on_error == "retry")
