@@ -42,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +50,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# Python puts this script's folder first on sys.path, where benchmarks/searchers.py (the searcher
+# benchmark) would shadow the `searchers` package that mri_tune imports: take it off.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from mri_tune.data.samples import find_samples
 from mri_tune.data.store import SliceStore
