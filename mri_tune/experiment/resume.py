@@ -46,6 +46,7 @@ from ray.exceptions import (
 )
 
 from mri_tune.errors import InputError
+from mri_tune.experiment.trainable import result_rows
 from mri_tune_core.files import replace_atomically
 from searchers import GPSearch
 
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 STATE_GLOB = "experiment_state-*.json"
 SEARCHER_GLOB = "searcher-state-*.pkl"  # Ray's Searcher.CKPT_FILE_TMPL; Tune restores the max()
 GENERATOR_GLOB = "search_gen_state-*.json"  # Ray's SearchGenerator.CKPT_FILE_TMPL (a pickle)
-RESULT_FILE = "result.json"
 ERROR_PICKLE = "error.pkl"
 ERROR_TEXT = "error.txt"
 # A worker or actor process that died (killed, segfault, lost connection), a node that died,
@@ -180,7 +180,8 @@ def settle_searcher(experiment_dir: Path, errors_retried: bool) -> list[str]:
             searcher.core.release(trial_id)
             settled.append(f"{trial_id}: issued but never recorded by Tune, released")
         elif status == "TERMINATED":
-            result = _last_result(experiment_dir / str(trial.get("relative_logdir", "")))
+            rows = result_rows(experiment_dir / str(trial.get("relative_logdir", "")))
+            result = rows[-1] if rows else None  # what Tune would have passed
             searcher.on_trial_complete(trial_id, result=result, error=result is None)
             settled.append(f"{trial_id}: finished before the crash, its result given to the "
                            "searcher" if result is not None else
@@ -216,19 +217,3 @@ def _count_recorded_trials(experiment_dir: Path, recorded: int) -> str | None:
     data = ray.cloudpickle.dumps(state)
     replace_atomically(path, lambda partial: partial.write_bytes(data))
     return f"trial count {counter} -> {recorded}, the trials the experiment recorded"
-
-
-def _last_result(trial_dir: Path) -> dict[str, Any] | None:
-    """The trial's last reported row (result.json, one JSON object a line), or None."""
-    try:
-        lines = (trial_dir / RESULT_FILE).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a row cut short by the crash
-        if isinstance(row, dict):
-            return row
-    return None
