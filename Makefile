@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/store.py --quick
 	$(PY) benchmarks/train.py --quick
-	$(PY) benchmarks/searchers.py --quick
+	$(PY) benchmarks/searcher_bench.py --quick
 	$(PY) benchmarks/search.py
 
 lint: $(STAMP)

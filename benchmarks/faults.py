@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import importlib.util
 import json
 import os
 import resource
@@ -44,23 +43,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-
-# Python puts this script's folder first on sys.path, where benchmarks/searchers.py (the searcher
-# benchmark) would shadow the `searchers` package that mri_tune imports: take it off.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 from pydicom.dataelem import DataElement
 
 from mri_tune.data.samples import find_samples
 from mri_tune.data.store import SliceStore
 
-# The search half (benchmarks/faults_search.py), loaded by file: this folder is off sys.path.
-_spec = importlib.util.spec_from_file_location("faults_search", _HERE / "faults_search.py")
-faults_search = importlib.util.module_from_spec(_spec)
-sys.modules["faults_search"] = faults_search
-_spec.loader.exec_module(faults_search)
-format_search_table, run_search_faults = faults_search.format_table, faults_search.run_search_faults
+from faults_search import format_table as format_search_table
+from faults_search import run_search_faults
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_SECONDS = 600

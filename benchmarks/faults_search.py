@@ -45,11 +45,6 @@ from pathlib import Path
 
 import numpy as np
 
-# Python puts this script's folder first on sys.path, where benchmarks/searchers.py (the searcher
-# benchmark) would shadow the `searchers` package that mri_tune imports: take it off.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 from mri_tune.data.samples import ensure_store
 from mri_tune.errors import InputError
 from mri_tune.experiment.space import NUM_SAMPLES, scale_space

@@ -42,7 +42,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,11 +49,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-# Python puts this script's folder first on sys.path, where benchmarks/searchers.py (the searcher
-# benchmark) would shadow the `searchers` package that mri_tune imports: take it off.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from mri_tune.data.samples import find_samples
 from mri_tune.data.store import SliceStore
@@ -130,18 +124,29 @@ def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
     budget = {"epochs": epochs, "images_per_epoch": images}
     out = []
     for name in names:
-        if name == "paper":
+        single, _, members = name.partition("*")  # "shipped*5": an ensemble of 5 per fold
+        count = {"members": _members(name, members)}
+        if single == "paper":
             spec, train = baseline_specs(images_per_epoch=images)
-            out.append(Recipe(name, spec, dataclasses.replace(train, epochs=epochs)))
+            out.append(Recipe(name, spec, dataclasses.replace(train, epochs=epochs), **count))
             continue
-        base, _, sampling = name.partition("@")
+        base, _, sampling = single.partition("@")
         chosen = SHIPPED_POLICY if base == "shipped" else base.removeprefix("aug:")
         augmentation = chosen != "none"
         augment = _policy(chosen if augmentation else "paper")
         out.append(Recipe(name, SHIPPED_SPEC, TrainConfig(
             learning_rate=0.01, batch_size=32, augmentation=augmentation, augment=augment,
-            **budget, **_sampling(sampling))))
+            **budget, **_sampling(sampling)), **count))
     return out
+
+
+def _members(name: str, text: str) -> int:
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise SystemExit(f"recipe {name!r}: the count after '*' must be an int >= 1, "
+                         "e.g. shipped*5")
+    return int(text)
 
 
 def _sampling(text: str) -> dict[str, Any]:
@@ -166,9 +171,10 @@ def folds_for(protocol: str, volumes: list[dict[str, Any]], k: int, seed: int) -
 def format_table(results: list[RecipeResult], classes: tuple[str, ...]) -> str:
     columns = (["volume_accuracy"] + [f"volume_accuracy_{c}" for c in classes]
                + ["slice_accuracy"] + [f"slice_accuracy_{c}" for c in classes] + ["decided"]
-               + ["uncertain", "volume_accuracy_certain"])
+               + ["uncertain", "volume_accuracy_certain", "volume_accuracy_mean_probability"])
     heads = (["volume"] + [f"vol {c}" for c in classes] + ["slice"]
-             + [f"sl {c}" for c in classes] + ["p>0.7", "uncertain", "vol certain"])
+             + [f"sl {c}" for c in classes] + ["p>0.7", "uncertain", "vol certain",
+                                                "vol (mean p)"])
     lines = ["| protocol | recipe | seeds | " + " | ".join(heads) + " |",
              "|---|---|---|" + "---|" * len(heads)]
     for result in results:
@@ -211,7 +217,9 @@ def parse_args() -> argparse.Namespace:
     model = parser.add_argument_group("recipes")
     model.add_argument("--recipes", default="shipped,paper",
                        help="shipped, paper, or aug:P for P among none, "
-                            f"{', '.join(sorted(POLICIES))}")
+                            f"{', '.join(sorted(POLICIES))}; suffixes: @slices or @regions:A "
+                            "(the sampling), *N (an ensemble of N models per fold, seeds S, "
+                            "S+1000, ...)")
     model.add_argument("--epochs", type=int, default=8)
     model.add_argument("--images-per-epoch", type=int, default=2048)
     run = parser.add_argument_group("run")

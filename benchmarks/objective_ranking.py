@@ -18,11 +18,6 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-# Python puts this script's folder first on sys.path, where benchmarks/searchers.py (the searcher
-# benchmark) would shadow the `searchers` package that mri_tune imports: take it off.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 from mri_tune.data.store import SliceStore
 from mri_tune.results.evaluate import evaluate_probabilities
 from mri_tune.results.trials import load_trials

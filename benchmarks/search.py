@@ -27,9 +27,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# Python puts this script's folder first on sys.path, where benchmarks/searchers.py (the searcher
-# benchmark) would shadow the `searchers` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def bench_demo() -> dict:

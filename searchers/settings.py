@@ -7,7 +7,7 @@ targets. Pending trials are only excluded; failures are only excluded (the paper
 hyper-parameters maximise the evidence alone (no prior) and every grid point is distinct;
 continuous domains (the paper had none) are searched at 64 points.
 
-`default` is the variant that measured best on the tuning half of benchmarks/searchers.py (see
+`default` is the variant that measured best on the tuning half of benchmarks/searcher_bench.py (see
 benchmarks/RESULTS_searchers.md): product Matern 5/2 kernel, losses warped by the likeliest of a
 log family and the identity at each refit ("auto", warping.py), expected improvement; over the
 pending trials fantasised q-EI ("qei": what a candidate adds to the expected improvement of the
@@ -16,7 +16,10 @@ settings of the tuning half and on development functions at 8 and 32 pending, id
 nothing pending), a feasibility estimate learned from failures, 10 warm-up trials; continuous
 domains at 64 points (space.DEFAULT_RESOLUTION), or as many more as keep a small space at most
 16,384 configurations (`DEFAULT_FINE_LIMIT`: branin's 2-d at 128 x 128), coarsened where equal
-losses show the objective does not resolve them (ties.py); spaces of at most `exhaustive_limit`
+losses show the objective does not resolve them (ties.py); a choice of numbers neither evenly nor
+geometrically spaced ([0, 0.1, 1, 10], [0.01, 0.03, 0.1, 0.3]) at evenly spaced ranks
+(`SpaceSettings.uneven_choices="rank"`; the paper preset places them at their values); spaces of
+at most `exhaustive_limit`
 configurations scored whole, larger ones through a candidate set. The GP's hyper-parameters are
 a MAP estimate under Optuna's priors (gp.py, `FitSettings.prior`).
 
@@ -79,9 +82,11 @@ class SearchSettings:
     fit: FitSettings = field(default_factory=FitSettings)
     feasibility_model: FeasibilitySettings = field(default_factory=FeasibilitySettings)
     # continuous domains as fine as keep the space at most 16,384 configurations, 64 points at
-    # least (space.py `fine_limit`; measured against 64 and 65,536 in RESULTS_searchers.md)
+    # least (space.py `fine_limit`; measured against 64 and 65,536 in RESULTS_searchers.md);
+    # unevenly spaced numeric choices at evenly spaced ranks (`uneven_choices`, measured there)
     space_settings: SpaceSettings = field(
-        default_factory=lambda: SpaceSettings(fine_limit=DEFAULT_FINE_LIMIT))
+        default_factory=lambda: SpaceSettings(fine_limit=DEFAULT_FINE_LIMIT,
+                                              uneven_choices="rank"))
 
     def __post_init__(self) -> None:
         _check(self.warmup_trials >= 0, "warmup_trials", "an int >= 0", self.warmup_trials)

@@ -13,10 +13,14 @@ whole product when it is small (core.py) and a candidate set otherwise (candidat
 | `uniform(a, b)` | `resolution` evenly spaced points, ends included | linear |
 | `loguniform(a, b)` | `resolution` geometrically spaced points, ends included | log |
 | `quniform`, `qloguniform` | every multiple of q in [a, b] | linear / log |
-| `choice([...])` of numbers | the numbers, sorted | log if positive and geometric, else linear |
+| `choice([...])` of numbers | the numbers, sorted | log if geometric, else linear or rank (below) |
 | `randn(m, s)`, `qrandn` | `resolution` points (multiples of q) in m +- 3 s | linear |
 | `choice([...])` of anything else | the distinct categories, in order | categorical |
 | a plain value | a constant, not a dimension | - |
+
+A choice of numbers that is neither evenly nor geometrically spaced (e.g. [0, 0.1, 1, 10]) is
+placed at its values ("linear") or, with `SpaceSettings.uneven_choices="rank"`, at evenly spaced
+ranks ("rank"), so that 0, 0.1 and 1 do not look almost the same to the GP.
 
 `grid_search` and `sample_from` are rejected, as Ray's Optuna and HyperOpt searchers reject them:
 a grid search has no place in a model-based search and a function of other parameters cannot be
@@ -25,7 +29,8 @@ enumerated. A domain with more than
 
 Symbols (D dimensions, V_d values in dimension d, N = prod V_d configurations):
     `SearchSpace.shape`        (D,)   V_d
-    `Dimension.encoded`        (V_d,) position of each value in [0, 1] (categorical: unused)
+    `Dimension.encoded`        (V_d,) position of each value in [0, 1] (categorical: unused;
+                               rank: evenly spaced)
     `SearchSpace.unravel(i)`   (n,) flat grid indices -> (n, D) value indices
     `Dimension.sqdist(u, v)`   squared distance between value indices: (e_u - e_v)^2, or [u != v]
                                for a categorical dimension (one length scale for the whole choice).
@@ -44,7 +49,9 @@ import numpy as np
 
 from searchers.errors import SearchSpaceError
 
-Scale = Literal["linear", "log", "categorical"]
+Scale = Literal["linear", "log", "rank", "categorical"]
+UnevenChoices = Literal["linear", "rank"]
+UNEVEN_CHOICES: tuple[str, ...] = ("linear", "rank")
 Row = tuple[int, ...]  # one value index per dimension: a configuration's canonical identity
 
 DEFAULT_RESOLUTION = 64  # points per continuous domain: 1.6% steps (measured: RESULTS_searchers.md)
@@ -62,6 +69,9 @@ class SpaceSettings:
     # > 0: continuous domains get as many points as keep the whole space at most this many
     # configurations (never fewer than `resolution`, never more than `max_values_per_dimension`)
     fine_limit: int = 0
+    # a choice of numbers neither evenly nor geometrically spaced, e.g. [0, 0.1, 1, 10]: placed
+    # at their values ("linear": 0, 0.1 and 1 nearly coincide) or at evenly spaced ranks ("rank")
+    uneven_choices: UnevenChoices = "linear"
 
     def __post_init__(self) -> None:
         if self.resolution < 2:
@@ -77,6 +87,10 @@ class SpaceSettings:
         if self.fine_limit < 0:
             raise SearchSpaceError(
                 f"fine_limit must be an int >= 0 (0: off); got {self.fine_limit}."
+            )
+        if self.uneven_choices not in UNEVEN_CHOICES:
+            raise SearchSpaceError(
+                f"uneven_choices must be one of {UNEVEN_CHOICES}; got {self.uneven_choices!r}."
             )
 
 
@@ -259,7 +273,7 @@ def _domain_values(name: str, domain: Any,
     """(values, scale, whether the values are our discretisation of a continuous domain)."""
     kind = type(domain).__name__
     if kind == "Categorical":
-        return (*_choice_values(name, tuple(domain.categories)), False)
+        return (*_choice_values(name, tuple(domain.categories), settings.uneven_choices), False)
     sampler = domain.get_sampler()
     quantum = getattr(sampler, "q", None)
     base = type(getattr(sampler, "sampler", sampler)).__name__.lstrip("_")
@@ -321,7 +335,8 @@ def _thin(values: tuple[Any, ...], scale: Scale, limit: int) -> tuple[Any, ...]:
     return tuple(values[i] for i in keep)
 
 
-def _choice_values(name: str, categories: tuple[Any, ...]) -> tuple[tuple[Any, ...], Scale]:
+def _choice_values(name: str, categories: tuple[Any, ...],
+                   uneven: UnevenChoices = "linear") -> tuple[tuple[Any, ...], Scale]:
     if not categories:
         raise SearchSpaceError(f"'{name}' is an empty choice; give it at least one category.")
     categories = _distinct(categories)
@@ -335,6 +350,9 @@ def _choice_values(name: str, categories: tuple[Any, ...]) -> tuple[tuple[Any, .
         ratios = np.diff(np.log(array))
         if np.allclose(ratios, ratios[0], rtol=1e-6) and ratios[0] > 0:
             return values, "log"
+    steps = np.diff(array)
+    if len(values) >= 3 and uneven == "rank" and not np.allclose(steps, steps[0], rtol=1e-6):
+        return values, "rank"
     return values, "linear"
 
 
@@ -349,7 +367,7 @@ def _distinct(categories: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _dimension(name: str, values: tuple[Any, ...], scale: Scale,
                continuous: bool = False) -> Dimension:
-    if scale == "categorical" or len(values) == 1:
+    if scale in ("categorical", "rank") or len(values) == 1:
         encoded = np.arange(len(values), dtype=np.float64) / max(len(values) - 1, 1)
     else:
         axis = np.asarray(values, dtype=np.float64)

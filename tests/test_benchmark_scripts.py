@@ -1,5 +1,5 @@
-"""Every benchmark script starts: its imports resolve from benchmarks/, where searchers.py (the
-searcher benchmark) would shadow the `searchers` package that the application imports."""
+"""Every benchmark script starts: its imports resolve from benchmarks/ (its own folder comes
+first on sys.path, so no script there may share a name with a package the project imports)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["faults.py", "faults_search.py", "generalization.py", "search.py", "searchers.py",
+SCRIPTS = ["faults.py", "faults_search.py", "generalization.py", "search.py", "searcher_bench.py",
            "store.py", "train.py"]
 
 
@@ -27,3 +27,8 @@ def test_every_script_is_listed() -> None:
     scripts = {p.name for p in BENCHMARKS.glob("*.py")} - {"objective_ranking.py",
                                                          "searcher_problems.py"}
     assert scripts == set(SCRIPTS)
+
+
+def test_no_script_shadows_a_project_package() -> None:
+    packages = {"mri_tune", "mri_tune_core", "mri_tune_datasets", "searchers", "datasets"}
+    assert not {p.stem for p in BENCHMARKS.glob("*.py")} & packages

@@ -15,6 +15,7 @@ from mri_tune.results.generalization import (
     group_volumes,
     leave_one_group_out,
     pool_folds,
+    run_fold,
     subject_kfold,
 )
 from mri_tune.training.config import TrainConfig
@@ -106,6 +107,18 @@ def test_pooled_folds_count_uncertain_verdicts_and_score_the_certain_ones() -> N
     assert [v.uncertain for v in result.evaluation.volumes] == [False, True, False]
 
 
+def test_pooled_folds_also_score_the_mean_probability_verdict() -> None:
+    """Volume 0 (head): two slices lean to abdomen, one is sure of head: the vote says abdomen,
+    the mean probability head. Volume 1 (pelvis): both rules agree."""
+    probs = np.array([[0.45, 0.55, 0.0, 0.0], [0.45, 0.55, 0.0, 0.0], [0.98, 0.02, 0.0, 0.0],
+                      [0.0, 0.0, 0.9, 0.1], [0.0, 0.0, 0.8, 0.2]])
+    labels = np.array([0, 0, 0, 2, 2])
+    volume = np.array([0, 0, 0, 1, 1])
+    summary = pool_folds(0, [FoldPrediction("x", probs, labels, volume, 1.0)], CLASSES).summary()
+    assert summary["volume_accuracy"] == 0.5
+    assert summary["volume_accuracy_mean_probability"] == 1.0
+
+
 def _pooled(seed: int = 0) -> PooledSlices:
     """Four classes of 16x16 slices, each a bright square in its own quadrant; 8 volumes."""
     rng = np.random.default_rng(seed)
@@ -141,3 +154,18 @@ def test_cross_validate_predicts_every_held_out_volume_once_per_seed() -> None:
     spread = result.spread()
     mean, sd, low, high = spread["volume_accuracy"]
     assert low <= mean <= high and sd >= 0.0
+
+
+def test_an_ensemble_recipe_averages_its_members_trained_with_their_own_seeds() -> None:
+    data = _pooled()
+    fold = leave_one_group_out(group_volumes(data.volumes,
+                                             lambda r: r["metadata"]["source"]))[0]
+    train = TrainConfig(learning_rate=0.01, batch_size=16, epochs=1, augmentation=False,
+                        images_per_epoch=32)
+    single = Recipe("tiny", CNNSpec(2, 1, 4, 3), train)
+    pair = Recipe("tiny*2", CNNSpec(2, 1, 4, 3), train, members=2)
+    cpu = torch.device("cpu")
+    first, second = run_fold(single, data, fold, 3, cpu), run_fold(single, data, fold, 1003, cpu)
+    assert not np.allclose(first.probs, second.probs)  # the members differ
+    both = run_fold(pair, data, fold, 3, cpu)
+    np.testing.assert_allclose(both.probs, (first.probs + second.probs) / 2, atol=1e-6)

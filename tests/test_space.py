@@ -85,6 +85,41 @@ def test_the_default_preset_refines_a_small_continuous_space_and_the_paper_prese
     assert build_space(wide, resolve_settings("default").space_settings).shape == (64,) * 6
 
 
+def test_uneven_numeric_choices_are_placed_at_evenly_spaced_ranks_when_asked():
+    space = {"l2": tune.choice([10.0, 0.0, 1.0, 0.1]),  # 0 then decades: neither even nor geometric
+             "lr": tune.choice([0.01, 0.03, 0.1, 0.3]),  # hand-written, not exactly geometric
+             "depth": tune.choice([2, 4, 6, 8]),  # evenly spaced: linear either way
+             "width": tune.choice([8, 16, 32, 64])}  # geometric: log either way
+    linear = build_space(space, SpaceSettings(uneven_choices="linear"))
+    rank = build_space(space, SpaceSettings(uneven_choices="rank"))
+    l2_linear, l2_rank = linear.dimensions[0], rank.dimensions[0]
+    assert l2_linear.values == l2_rank.values == (0.0, 0.1, 1.0, 10.0)
+    np.testing.assert_allclose(l2_linear.encoded, [0.0, 0.01, 0.1, 1.0])
+    assert l2_rank.scale == "rank"
+    np.testing.assert_allclose(l2_rank.encoded, [0.0, 1 / 3, 2 / 3, 1.0])
+    assert rank.dimensions[1].scale == "rank" and linear.dimensions[1].scale == "linear"
+    for name, scale in (("depth", "linear"), ("width", "log")):
+        a = next(d for d in linear.dimensions if d.name == name)
+        b = next(d for d in rank.dimensions if d.name == name)
+        assert a.scale == b.scale == scale
+        np.testing.assert_allclose(a.encoded, b.encoded)
+    # a value between the choices snaps to the nearest number, a choice to itself
+    assert l2_rank.nearest(0.4) == 1 and l2_rank.nearest(10.0) == 3
+    # a restored search keeps the encoding it was saved with
+    again = type(rank).from_dict(rank.to_dict())
+    np.testing.assert_allclose(again.dimensions[0].encoded, l2_rank.encoded)
+    with pytest.raises(SearchSpaceError, match="uneven_choices"):
+        SpaceSettings(uneven_choices="sorted")
+
+
+def test_the_default_preset_ranks_uneven_choices_and_the_paper_preset_does_not():
+    space = {"l2": tune.choice([0.0, 0.1, 1.0, 10.0])}
+    assert build_space(space, resolve_settings("default").space_settings).dimensions[0].scale \
+        == "rank"
+    assert build_space(space, resolve_settings("paper").space_settings).dimensions[0].scale \
+        == "linear"
+
+
 @pytest.mark.parametrize("domain, words", [
     (tune.grid_search([1, 2]), "grid_search"),
     (tune.sample_from(lambda spec: 1), "sample_from"),

@@ -49,6 +49,7 @@ from mri_tune_core import paper
 from mri_tune_core.errors import InputError
 
 logger = logging.getLogger(__name__)
+_MEMBER_SEEDS = 1000  # ensemble member m of seed s trains with seed s + 1000 m
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class Recipe:
     name: str
     spec: CNNSpec
     train: TrainConfig
+    members: int = 1  # models trained per fold (seeds seed, seed + 1000, ...), probs averaged
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,13 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
     test_images, test_labels, test_volume = data.select(fold.test)
     held_out = Slices(test_images, torch.from_numpy(test_labels))
     people = person_of_volume(data.volumes)[torch.from_numpy(train_volume)]
-    trainer = train_on_slices(Slices(train_images, torch.from_numpy(train_labels), people),
-                              held_out, data.classes, recipe.spec,
-                              replace(recipe.train, seed=seed), device=device)
-    probs = predict_proba(trainer.model, test_images, device)
+    probs = np.zeros((len(test_labels), len(data.classes)))
+    for member in range(recipe.members):  # an ensemble, as the product's top-k: mean softmax
+        trainer = train_on_slices(Slices(train_images, torch.from_numpy(train_labels), people),
+                                  held_out, data.classes, recipe.spec,
+                                  replace(recipe.train, seed=seed + _MEMBER_SEEDS * member),
+                                  device=device)
+        probs += predict_proba(trainer.model, test_images, device) / recipe.members
     return FoldPrediction(fold.name, probs, test_labels, test_volume,
                           time.perf_counter() - start)
 
@@ -196,11 +201,13 @@ class SeedResult:
     decided: float  # fraction of slices with max probability > DECISION_THRESHOLD
     fold_volume_accuracy: dict[str, float]
     seconds: float
+    volume_accuracy_mean_probability: float = math.nan  # verdict: argmax of the mean softmax
 
     def summary(self) -> dict[str, float]:
         ev = self.evaluation
         certain = ev.accuracy_of_certain
         row = {"volume_accuracy": ev.volume_accuracy, "slice_accuracy": ev.slice_accuracy,
+               "volume_accuracy_mean_probability": self.volume_accuracy_mean_probability,
                "decided": self.decided, "uncertain": ev.uncertain_fraction,
                "volume_accuracy_certain": math.nan if certain is None else certain}
         for name, error in ev.volume_class_error.items():
@@ -219,7 +226,20 @@ def pool_folds(seed: int, predictions: Sequence[FoldPrediction],
                                                classes).volume_accuracy for p in predictions}
     return SeedResult(seed, evaluate_probabilities(probs, labels, volume, classes),
                       float(np.mean(probs.max(axis=1) > paper.DECISION_THRESHOLD)), per_fold,
-                      sum(p.seconds for p in predictions))
+                      sum(p.seconds for p in predictions),
+                      mean_probability_accuracy(probs, labels, volume))
+
+
+def mean_probability_accuracy(probs: np.ndarray, labels: np.ndarray,
+                              volume: np.ndarray) -> float:
+    """Volume accuracy when a volume's verdict is the argmax of its slices' mean probability
+    (the alternative to the majority vote of `evaluate.verdict`, measured beside it)."""
+    ids, inverse = np.unique(volume, return_inverse=True)
+    mass = np.zeros((len(ids), probs.shape[1]))
+    np.add.at(mass, inverse, probs)
+    truth = np.zeros(len(ids), dtype=np.int64)
+    truth[inverse] = labels
+    return float(np.mean(mass.argmax(axis=1) == truth))
 
 
 @dataclass(frozen=True)

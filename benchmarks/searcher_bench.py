@@ -19,14 +19,13 @@ Overhead. Median and maximum time of `suggest` and `on_trial_complete` of the de
 8 pending trials at the given observation counts, after one untimed refit, on the paper's 470,400
 configurations and on the 10-dimensional levy10 space (the candidate-set path).
 
-    python benchmarks/searchers.py --runs runs.jsonl [--problems ...] [--searchers ...]
+    python benchmarks/searcher_bench.py --runs runs.jsonl [--problems ...] [--searchers ...]
         [--seeds 5] [--concurrency 1 8 32] [--budgets 50 100] [--overhead 50 200 500]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import multiprocessing
@@ -39,29 +38,11 @@ from typing import Any
 
 import numpy as np
 
-# This script's name would shadow the `searchers` package: keep its folder off the import path
-# and load the problems module by file.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+from searchers.gp import FitSettings
+from searchers.settings import DEFAULT_FINE_LIMIT
+from searchers.space import SpaceSettings
 
-from searchers.gp import FitSettings  # noqa: E402  (only once the shadowing path is gone)
-from searchers.space import SpaceSettings  # noqa: E402
-
-
-def _load_problems() -> Any:
-    if "searcher_problems" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("searcher_problems",
-                                                      _HERE / "searcher_problems.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["searcher_problems"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["searcher_problems"]
-
-
-PROBLEMS = _load_problems().PROBLEMS
-TUNING = _load_problems().TUNING
-HELD_OUT = _load_problems().HELD_OUT
-DEVELOPMENT = _load_problems().DEVELOPMENT
+from searcher_problems import DEVELOPMENT, HELD_OUT, PROBLEMS, TUNING
 
 METRIC = "loss"
 RANDOM_SEEDS = 20  # random search is cheap: its mean, the score's zero, gets more seeds
@@ -152,8 +133,14 @@ ABLATIONS: dict[str, Callable[[Any, int], Any]] = {
     "gp_res20": _gp("default", space_settings=SpaceSettings(resolution=20)),
     "gp_res64": _gp("default", space_settings=SpaceSettings(resolution=64)),
     "gp_res200": _gp("default", space_settings=SpaceSettings(resolution=200)),
+    # the space settings of earlier rounds (uneven choices at their values), as published
     "gp_coarse": _gp("default", space_settings=SpaceSettings()),  # 64 points: until the fine limit
     "gp_fine": _gp("default", space_settings=SpaceSettings(fine_limit=65_536)),
+    # uneven numeric choices placed at their values: the default until the rank encoding
+    "gp_linear_choices": _gp("default", space_settings=SpaceSettings(
+        fine_limit=DEFAULT_FINE_LIMIT, uneven_choices="linear")),
+    "gp_local10x40": _gp("default", local_starts=10, local_steps=40),  # deeper local search
+    "gp_local4x40": _gp("default", local_starts=4, local_steps=40),
     "gp_cap25": _gp("default", budget=100, pending_fraction=0.25),
     "gp_paper_warmup10": _gp("paper", warmup_trials=10),
 }
