@@ -22,12 +22,16 @@ Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
             (the paper's: permutations of the slices, class-weighted loss), `shipped@regions`
             (the default: every region drawn alike), `shipped@regions:0` (people_power 0:
             every person of a region alike; `regions:0.5` the square root of their slices)
+  R*N       an ensemble of N models of recipe R per fold (seeds S, S + 1000, ...), their softmax
+            outputs averaged, as the product's top-k ensemble answers: `shipped*3`
 
 Budget (2 CPU cores): 32x32 slices, 8 epochs of 2,048 images, seeds 0-2 (the paper's recipe:
 seed 0, `--paper-seeds`); about 35 min at a load of 3-7 on 2 cores. The table is
 per recipe: volume and slice accuracy (mean over seeds +- sd), per region, the fraction of
 slices whose largest probability passes the paper's 0.7, the fraction of volumes whose verdict is
-uncertain (the rule of `predict` and `evaluate`) and the volume accuracy of the certain ones.
+uncertain (the rule of `predict` and `evaluate`), the volume accuracy of the certain ones, and
+the volume accuracy when a verdict is the argmax of the slices' mean probability instead of
+their majority vote (`vol (mean p)`).
 
     python benchmarks/generalization.py                          # loso, shipped vs paper
     python benchmarks/generalization.py --protocol kfold --json kfold.json
