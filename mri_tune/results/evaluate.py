@@ -46,14 +46,20 @@ def majority_vote(probs: np.ndarray, volume: np.ndarray) -> tuple[np.ndarray, np
     returns: (ids (V,) sorted volume ids, labels (V,) voted class of each).
     """
     ids, inverse = np.unique(volume, return_inverse=True)
-    num_classes = probs.shape[1]
-    votes = np.zeros((len(ids), num_classes))
+    votes = np.zeros((len(ids), probs.shape[1]))
     np.add.at(votes, (inverse, probs.argmax(axis=1)), 1.0)
-    mass = np.zeros((len(ids), num_classes))
-    np.add.at(mass, inverse, probs)
+    _, mass = probability_mass(probs, volume)
     # Break ties by probability mass: a vote count is an integer, mass / (N + 1) stays below 1.
     score = votes + mass / (len(volume) + 1.0)
     return ids, score.argmax(axis=1)
+
+
+def probability_mass(probs: np.ndarray, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (V,) sorted volume ids, mass (V, C) the sum of each volume's slice probabilities)."""
+    ids, inverse = np.unique(volume, return_inverse=True)
+    mass = np.zeros((len(ids), probs.shape[1]))
+    np.add.at(mass, inverse, probs)
+    return ids, mass
 
 
 UNCERTAIN_MARGIN = 0.2

@@ -39,7 +39,12 @@ import numpy as np
 import torch
 
 from mri_tune.data.store import SliceStore, person_of_volume
-from mri_tune.results.evaluate import Evaluation, evaluate_probabilities
+from mri_tune.results.evaluate import (
+    Evaluation,
+    evaluate_probabilities,
+    probability_mass,
+    volume_truth,
+)
 from mri_tune.training.config import TrainConfig
 from mri_tune.training.inference import predict_proba
 from mri_tune.training.model import CNNSpec
@@ -181,10 +186,10 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
     test_images, test_labels, test_volume = data.select(fold.test)
     held_out = Slices(test_images, torch.from_numpy(test_labels))
     people = person_of_volume(data.volumes)[torch.from_numpy(train_volume)]
+    train = Slices(train_images, torch.from_numpy(train_labels), people)
     probs = np.zeros((len(test_labels), len(data.classes)))
     for member in range(recipe.members):  # an ensemble, as the product's top-k: mean softmax
-        trainer = train_on_slices(Slices(train_images, torch.from_numpy(train_labels), people),
-                                  held_out, data.classes, recipe.spec,
+        trainer = train_on_slices(train, held_out, data.classes, recipe.spec,
                                   replace(recipe.train, seed=seed + _MEMBER_SEEDS * member),
                                   device=device)
         probs += predict_proba(trainer.model, test_images, device) / recipe.members
@@ -234,11 +239,8 @@ def mean_probability_accuracy(probs: np.ndarray, labels: np.ndarray,
                               volume: np.ndarray) -> float:
     """Volume accuracy when a volume's verdict is the argmax of its slices' mean probability
     (the alternative to the majority vote of `evaluate.verdict`, measured beside it)."""
-    ids, inverse = np.unique(volume, return_inverse=True)
-    mass = np.zeros((len(ids), probs.shape[1]))
-    np.add.at(mass, inverse, probs)
-    truth = np.zeros(len(ids), dtype=np.int64)
-    truth[inverse] = labels
+    _, mass = probability_mass(probs, volume)
+    _, truth = volume_truth(labels, volume)  # both in the order of np.unique(volume)
     return float(np.mean(mass.argmax(axis=1) == truth))
 
 
