@@ -10,6 +10,10 @@ the held-out volumes (`mri_tune.results.generalization`). Protocols:
          Sites that share a subject are merged, so no person is on both sides. 10 folds.
   kfold  subject-grouped k-fold (`--folds`, default 4), subjects dealt region by region.
 
+`--people-fraction F` trains every fold on a random F of each region's training people (at
+least one per region, drawn anew per seed and fold; the test volumes are unchanged): the
+accuracy at F = 0.25, 0.5 and 1 is a learning curve in people, i.e. what more data would buy.
+
 Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
   shipped   the recipe mri-tune ships: 3 blocks x 1 conv x 16 filters (3x3), lr 0.01, batch 32,
             the "scanner" augmentation policy (`mri_tune.training.augment.POLICIES`)
@@ -37,6 +41,8 @@ their majority vote (`vol (mean p)`).
     python benchmarks/generalization.py --protocol kfold --json kfold.json
     python benchmarks/generalization.py --recipes aug:paper,aug:fov,aug:bias --seeds 0
                                                                  # each family's effect
+    python benchmarks/generalization.py --recipes shipped --people-fraction 0.5
+                                                                 # half of the people
     python benchmarks/generalization.py --device cuda --size 128 --images-per-epoch 80000
 """
 
@@ -58,6 +64,7 @@ from mri_tune.data.samples import find_samples
 from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
 from mri_tune.results.generalization import (
+    VERDICT_RULES,
     Fold,
     Recipe,
     RecipeResult,
@@ -189,6 +196,22 @@ def format_table(results: list[RecipeResult], classes: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def format_rules(results: list[RecipeResult]) -> str:
+    """Volume accuracy of each verdict rule (`VERDICT_RULES`) beside the majority vote."""
+    columns = ["volume_accuracy", "volume_accuracy_mean_probability",
+               *(f"rule_{name}" for name in VERDICT_RULES)]
+    heads = ["vote (all planes)", "mean probability", *VERDICT_RULES]
+    lines = ["| protocol | recipe | seeds | " + " | ".join(heads) + " |",
+             "|---|---|---|" + "---|" * len(heads)]
+    for result in results:
+        spread = result.spread()
+        cells = [f"{spread[c][0]:.3f} +- {spread[c][1]:.3f}" if c in spread else "-"
+                 for c in columns]
+        lines.append(f"| {result.protocol} | {result.recipe} | {len(result.seeds)} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def to_json(result: RecipeResult, recipe: Recipe) -> dict[str, Any]:
     return {"recipe": result.recipe, "protocol": result.protocol,
             "spec": recipe.spec.to_dict(), "train": recipe.train.to_dict(),
@@ -216,6 +239,9 @@ def parse_args() -> argparse.Namespace:
     protocol.add_argument("--only", default=None,
                           help="comma-separated fold names to run (exploration only)")
     protocol.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    protocol.add_argument("--people-fraction", type=float, default=1.0,
+                          help="train each fold on this fraction of each region's people "
+                               "(a learning curve in people; drawn per seed and fold)")
     protocol.add_argument("--paper-seeds", default="0",
                           help="seeds of the paper's recipe (its network costs ~4x the shipped)")
     model = parser.add_argument_group("recipes")
@@ -260,8 +286,8 @@ def main() -> None:
             print(f"{protocol} fold {fold.name}: {len(fold.test)} test volumes ({regions})")
         for recipe in chosen:
             recipe_seeds = paper_seeds if recipe.name == "paper" else seeds
-            results.append((cross_validate(recipe, data, folds, recipe_seeds, device, protocol),
-                            recipe))
+            results.append((cross_validate(recipe, data, folds, recipe_seeds, device, protocol,
+                                           args.people_fraction), recipe))
             print(format_table([results[-1][0]], data.classes), flush=True)
             if args.json is not None:  # after each recipe: a long run keeps what it measured
                 write_json(args, store, results, time.perf_counter() - start)
@@ -270,6 +296,8 @@ def main() -> None:
           f"{len(data.volumes)} volumes; {args.epochs} epochs x {args.images_per_epoch} "
           f"images; {seconds / 60:.1f} min on {device}")
     print(format_table([r for r, _ in results], data.classes))
+    print("\nVolume accuracy by verdict rule (the vote of every slice is what predict answers):")
+    print(format_rules([r for r, _ in results]))
     if args.json is not None:
         write_json(args, store, results, seconds)
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mri_tune.data.store import SliceStore, person_of_volume
+from mri_tune.data.store import PLANES, SliceStore, person_of_volume
 from mri_tune.results.evaluate import (
     Evaluation,
     evaluate_probabilities,
@@ -66,6 +66,8 @@ class PooledSlices:
     volume: np.ndarray  # (N,) int64, row of `volumes`
     volumes: list[dict[str, Any]]  # SliceStore.volumes() rows
     classes: tuple[str, ...]
+    plane: np.ndarray | None = None  # (N,) index into PLANES of each slice's plane
+    acquisition: np.ndarray | None = None  # (V,) PLANES index of each volume's acquisition, -1
 
     def select(self, volume_ids: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(images (n, H, W), labels (n,), volume (n,)) of the slices of `volume_ids`."""
@@ -77,11 +79,15 @@ class PooledSlices:
 def pool_store(store: SliceStore) -> PooledSlices:
     """All slices of `store`, its three splits concatenated (in CPU memory)."""
     splits = [store.load_split(name) for name in ("train", "validation", "test")]
+    volumes = store.volumes()
     return PooledSlices(
         images=torch.cat([s.images for s in splits]),
         labels=torch.cat([s.labels for s in splits]).numpy(),
         volume=torch.cat([s.volume for s in splits]).numpy(),
-        volumes=store.volumes(), classes=tuple(store.classes))
+        volumes=volumes, classes=tuple(store.classes),
+        plane=torch.cat([s.plane for s in splits]).numpy().astype(np.int64),
+        acquisition=np.array([PLANES.index(row["acquisition_plane"])
+                              if row["acquisition_plane"] in PLANES else -1 for row in volumes]))
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,29 @@ def subject_kfold(volumes: Sequence[Mapping[str, Any]], k: int,
     return folds
 
 
+def fewer_people(fold: Fold, volumes: Sequence[Mapping[str, Any]], fraction: float,
+                 rng: np.random.Generator) -> Fold:
+    """The fold with its training set cut to `fraction` of each region's training people
+    (rounded up, at least one per region; a person kept for one region keeps all their
+    training volumes); the test set is unchanged. Measures how the held-out accuracy grows
+    with the number of people trained on (a learning curve in people, not in slices)."""
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"The fraction of training people must be in (0, 1]. Got {fraction}; "
+                         "e.g. 0.5 keeps half of each region's people.")
+    people: dict[str, set[str]] = {}
+    for v in fold.train:
+        row = volumes[int(v)]
+        people.setdefault(str(row["region"]), set()).add(str(row["subject"]))
+    kept: set[str] = set()
+    for region in sorted(people):
+        names = sorted(people[region])
+        count = max(1, math.ceil(fraction * len(names)))
+        kept.update(names[i] for i in rng.permutation(len(names))[:count])
+    train = np.array([v for v in fold.train if str(volumes[int(v)]["subject"]) in kept],
+                     dtype=fold.train.dtype)
+    return Fold(fold.name, fold.test, train)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A fixed way of training a classifier: an architecture and its training settings."""
@@ -176,6 +205,7 @@ class FoldPrediction:
     labels: np.ndarray  # (n,)
     volume: np.ndarray  # (n,)
     seconds: float
+    plane: np.ndarray | None = None  # (n,) PLANES index of each slice
 
 
 def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
@@ -193,8 +223,9 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
                                   replace(recipe.train, seed=seed + _MEMBER_SEEDS * member),
                                   device=device)
         probs += predict_proba(trainer.model, test_images, device) / recipe.members
+    plane = None if data.plane is None else data.plane[np.isin(data.volume, fold.test)]
     return FoldPrediction(fold.name, probs, test_labels, test_volume,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, plane)
 
 
 @dataclass(frozen=True)
@@ -207,6 +238,7 @@ class SeedResult:
     fold_volume_accuracy: dict[str, float]
     seconds: float
     volume_accuracy_mean_probability: float = math.nan  # verdict: argmax of the mean softmax
+    verdict_rules: dict[str, float] = field(default_factory=dict)  # `verdict_rule_accuracy`
 
     def summary(self) -> dict[str, float]:
         ev = self.evaluation
@@ -219,20 +251,69 @@ class SeedResult:
             row[f"volume_accuracy_{name}"] = math.nan if error is None else 1.0 - error
         for name, error in ev.slice_class_error.items():
             row[f"slice_accuracy_{name}"] = math.nan if error is None else 1.0 - error
+        for name, accuracy in self.verdict_rules.items():
+            row[f"rule_{name}"] = accuracy
         return row
 
 
 def pool_folds(seed: int, predictions: Sequence[FoldPrediction],
-               classes: tuple[str, ...]) -> SeedResult:
+               classes: tuple[str, ...], acquisition: np.ndarray | None = None) -> SeedResult:
+    """One seed's folds pooled; with the slices' planes and the volumes' acquisition planes
+    (`PooledSlices.acquisition`) it also scores the other verdict rules."""
     probs = np.concatenate([p.probs for p in predictions])
     labels = np.concatenate([p.labels for p in predictions])
     volume = np.concatenate([p.volume for p in predictions])
     per_fold = {p.fold: evaluate_probabilities(p.probs, p.labels, p.volume,
                                                classes).volume_accuracy for p in predictions}
+    rules = {}
+    if acquisition is not None and all(p.plane is not None for p in predictions):
+        plane = np.concatenate([p.plane for p in predictions])
+        rules = verdict_rule_accuracy(probs, labels, volume, plane, acquisition)
     return SeedResult(seed, evaluate_probabilities(probs, labels, volume, classes),
                       float(np.mean(probs.max(axis=1) > paper.DECISION_THRESHOLD)), per_fold,
                       sum(p.seconds for p in predictions),
-                      mean_probability_accuracy(probs, labels, volume))
+                      mean_probability_accuracy(probs, labels, volume), rules)
+
+
+VERDICT_RULES = ("acquisition_plane", "acquisition_plane_x3", "confident_vote", "log_probability")
+"""Other ways to turn a volume's slice probabilities into a verdict, scored beside the majority
+vote of every slice of every plane (`evaluate.verdict`, what `predict` answers):
+    acquisition_plane     the vote of the slices in the plane the volume was acquired in only
+                          (every slice when it has none there); the others are reformats
+    acquisition_plane_x3  every slice votes, those of the acquisition plane three times
+    confident_vote        only the slices whose largest probability passes the paper's 0.7
+                          vote (every slice when none does)
+    log_probability       the argmax of the summed log-probabilities (the slices as independent
+                          evidence)"""
+
+
+def verdict_rule_accuracy(probs: np.ndarray, labels: np.ndarray, volume: np.ndarray,
+                          plane: np.ndarray, acquisition: np.ndarray) -> dict[str, float]:
+    """Volume accuracy of each of VERDICT_RULES.
+
+    probs (N, C), labels (N,), volume (N,) and plane (N,) describe the slices; acquisition (V,)
+    holds the PLANES index of each volume id's acquisition (-1: unknown).
+    """
+    right = dict.fromkeys(VERDICT_RULES, 0)
+    classes = probs.shape[1]
+    ids = np.unique(volume)
+    for v in ids:
+        mine = volume == v
+        p, truth = probs[mine], labels[mine][0]
+        native = plane[mine] == acquisition[v]
+        votes = np.bincount(p.argmax(axis=1), minlength=classes)
+        native_votes = np.bincount(p[native].argmax(axis=1), minlength=classes)
+        confident = p.max(axis=1) > paper.DECISION_THRESHOLD
+        picks = {
+            "acquisition_plane": (native_votes if native.any() else votes).argmax(),
+            "acquisition_plane_x3": (votes + 2 * native_votes).argmax(),
+            "confident_vote": np.bincount(p[confident].argmax(axis=1) if confident.any()
+                                          else p.argmax(axis=1), minlength=classes).argmax(),
+            "log_probability": np.log(np.clip(p, 1e-6, None)).sum(axis=0).argmax(),
+        }
+        for name, pick in picks.items():
+            right[name] += int(pick == truth)
+    return {name: count / len(ids) for name, count in right.items()}
 
 
 def mean_probability_accuracy(probs: np.ndarray, labels: np.ndarray,
@@ -264,12 +345,20 @@ class RecipeResult:
 
 
 def cross_validate(recipe: Recipe, data: PooledSlices, folds: Sequence[Fold],
-                   seeds: Sequence[int], device: torch.device, protocol: str) -> RecipeResult:
-    """Every fold for every seed; logs each fold's volume accuracy as it finishes."""
+                   seeds: Sequence[int], device: torch.device, protocol: str,
+                   people_fraction: float = 1.0) -> RecipeResult:
+    """Every fold for every seed; logs each fold's volume accuracy as it finishes.
+
+    people_fraction < 1 trains each fold on that fraction of its people (`fewer_people`),
+    drawn anew for every seed and fold, so the spread over seeds covers who was left out.
+    """
     result = RecipeResult(recipe.name, protocol)
     for seed in seeds:
         predictions = []
-        for fold in folds:
+        for number, fold in enumerate(folds):
+            if people_fraction < 1.0:
+                fold = fewer_people(fold, data.volumes, people_fraction,
+                                    np.random.default_rng([seed, number]))
             prediction = run_fold(recipe, data, fold, seed, device)
             accuracy = evaluate_probabilities(prediction.probs, prediction.labels,
                                               prediction.volume, data.classes).volume_accuracy
@@ -277,5 +366,5 @@ def cross_validate(recipe: Recipe, data: PooledSlices, folds: Sequence[Fold],
                         protocol, recipe.name, seed, fold.name, accuracy, len(fold.test),
                         prediction.seconds)
             predictions.append(prediction)
-        result.seeds.append(pool_folds(seed, predictions, data.classes))
+        result.seeds.append(pool_folds(seed, predictions, data.classes, data.acquisition))
     return result
