@@ -20,6 +20,11 @@ Symbols (N pooled slices, C classes, V volumes, S seeds):
     volume_accuracy_certain  volume accuracy of the other volumes (`accuracy_of_certain`)
     volume_accuracy[region]  1 - volume error of the region, per seed; mean and sd over S
 
+Two measurements beside the accuracy: `fewer_people` cuts a fold's training set to a share of
+each region's people (a learning curve in people: what more data would buy), and
+`verdict_rule_accuracy` scores other ways of turning slice probabilities into a volume's verdict
+(`VERDICT_RULES`) on the same predictions as the vote.
+
 The recipe trains a fixed number of epochs and the last epoch is scored: nothing is selected
 on the held-out volumes. `Trainer` wants a validation split; the held-out slices serve as one
 only so that the per-epoch log shows the learning curve.
