@@ -186,21 +186,18 @@ def format_table(results: list[RecipeResult], classes: tuple[str, ...]) -> str:
     heads = (["volume"] + [f"vol {c}" for c in classes] + ["slice"]
              + [f"sl {c}" for c in classes] + ["p>0.7", "uncertain", "vol certain",
                                                 "vol (mean p)"])
-    lines = ["| protocol | recipe | seeds | " + " | ".join(heads) + " |",
-             "|---|---|---|" + "---|" * len(heads)]
-    for result in results:
-        spread = result.spread()
-        cells = [f"{spread[c][0]:.3f} +- {spread[c][1]:.3f}" for c in columns]
-        lines.append(f"| {result.protocol} | {result.recipe} | {len(result.seeds)} | "
-                     + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _markdown(results, columns, heads)
 
 
 def format_rules(results: list[RecipeResult]) -> str:
     """Volume accuracy of each verdict rule (`VERDICT_RULES`) beside the majority vote."""
     columns = ["volume_accuracy", "volume_accuracy_mean_probability",
                *(f"rule_{name}" for name in VERDICT_RULES)]
-    heads = ["vote (all planes)", "mean probability", *VERDICT_RULES]
+    return _markdown(results, columns, ["vote (all planes)", "mean probability", *VERDICT_RULES])
+
+
+def _markdown(results: list[RecipeResult], columns: list[str], heads: list[str]) -> str:
+    """One row per result: mean +- sd over its seeds of each column ("-" where it has none)."""
     lines = ["| protocol | recipe | seeds | " + " | ".join(heads) + " |",
              "|---|---|---|" + "---|" * len(heads)]
     for result in results:

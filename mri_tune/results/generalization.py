@@ -47,6 +47,7 @@ from mri_tune.data.store import PLANES, SliceStore, person_of_volume
 from mri_tune.results.evaluate import (
     Evaluation,
     evaluate_probabilities,
+    majority_vote,
     probability_mass,
     volume_truth,
 )
@@ -74,11 +75,14 @@ class PooledSlices:
     plane: np.ndarray | None = None  # (N,) index into PLANES of each slice's plane
     acquisition: np.ndarray | None = None  # (V,) PLANES index of each volume's acquisition, -1
 
-    def select(self, volume_ids: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """(images (n, H, W), labels (n,), volume (n,)) of the slices of `volume_ids`."""
+    def select(self, volume_ids: np.ndarray
+               ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(images (n, H, W), labels (n,), volume (n,), plane (n,) or None) of the slices of
+        `volume_ids`."""
         mask = np.isin(self.volume, volume_ids)
         index = torch.from_numpy(np.flatnonzero(mask))
-        return self.images[index], self.labels[mask], self.volume[mask]
+        plane = None if self.plane is None else self.plane[mask]
+        return self.images[index], self.labels[mask], self.volume[mask], plane
 
 
 def pool_store(store: SliceStore) -> PooledSlices:
@@ -217,8 +221,8 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
              device: torch.device) -> FoldPrediction:
     """Train `recipe` (seeded) on the fold's training volumes; predict its test volumes."""
     start = time.perf_counter()
-    train_images, train_labels, train_volume = data.select(fold.train)
-    test_images, test_labels, test_volume = data.select(fold.test)
+    train_images, train_labels, train_volume, _ = data.select(fold.train)
+    test_images, test_labels, test_volume, test_plane = data.select(fold.test)
     held_out = Slices(test_images, torch.from_numpy(test_labels))
     people = person_of_volume(data.volumes)[torch.from_numpy(train_volume)]
     train = Slices(train_images, torch.from_numpy(train_labels), people)
@@ -228,9 +232,8 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
                                   replace(recipe.train, seed=seed + _MEMBER_SEEDS * member),
                                   device=device)
         probs += predict_proba(trainer.model, test_images, device) / recipe.members
-    plane = None if data.plane is None else data.plane[np.isin(data.volume, fold.test)]
     return FoldPrediction(fold.name, probs, test_labels, test_volume,
-                          time.perf_counter() - start, plane)
+                          time.perf_counter() - start, test_plane)
 
 
 @dataclass(frozen=True)
@@ -294,31 +297,29 @@ vote of every slice of every plane (`evaluate.verdict`, what `predict` answers):
 
 def verdict_rule_accuracy(probs: np.ndarray, labels: np.ndarray, volume: np.ndarray,
                           plane: np.ndarray, acquisition: np.ndarray) -> dict[str, float]:
-    """Volume accuracy of each of VERDICT_RULES.
+    """Volume accuracy of each of VERDICT_RULES; every vote is `evaluate.majority_vote` (ties
+    broken by probability mass, as the verdict `predict` answers).
 
     probs (N, C), labels (N,), volume (N,) and plane (N,) describe the slices; acquisition (V,)
     holds the PLANES index of each volume id's acquisition (-1: unknown).
     """
-    right = dict.fromkeys(VERDICT_RULES, 0)
-    classes = probs.shape[1]
-    ids = np.unique(volume)
-    for v in ids:
-        mine = volume == v
-        p, truth = probs[mine], labels[mine][0]
-        native = plane[mine] == acquisition[v]
-        votes = np.bincount(p.argmax(axis=1), minlength=classes)
-        native_votes = np.bincount(p[native].argmax(axis=1), minlength=classes)
-        confident = p.max(axis=1) > paper.DECISION_THRESHOLD
-        picks = {
-            "acquisition_plane": (native_votes if native.any() else votes).argmax(),
-            "acquisition_plane_x3": (votes + 2 * native_votes).argmax(),
-            "confident_vote": np.bincount(p[confident].argmax(axis=1) if confident.any()
-                                          else p.argmax(axis=1), minlength=classes).argmax(),
-            "log_probability": np.log(np.clip(p, 1e-6, None)).sum(axis=0).argmax(),
-        }
-        for name, pick in picks.items():
-            right[name] += int(pick == truth)
-    return {name: count / len(ids) for name, count in right.items()}
+    _, truth = volume_truth(labels, volume)
+    native = plane == acquisition[volume]  # (N,) slices in their volume's acquisition plane
+
+    def vote_of(chosen: np.ndarray) -> np.ndarray:
+        """The vote of the chosen slices; a volume with none chosen votes with all its slices."""
+        chosen = chosen | ~np.isin(volume, volume[chosen])
+        return majority_vote(probs[chosen], volume[chosen])[1]
+
+    tripled = np.concatenate([np.arange(len(volume)), *[np.flatnonzero(native)] * 2])
+    _, log_mass = probability_mass(np.log(np.clip(probs, 1e-6, None)), volume)
+    picks = {
+        "acquisition_plane": vote_of(native),
+        "acquisition_plane_x3": majority_vote(probs[tripled], volume[tripled])[1],
+        "confident_vote": vote_of(probs.max(axis=1) > paper.DECISION_THRESHOLD),
+        "log_probability": log_mass.argmax(axis=1),
+    }
+    return {name: float(np.mean(pick == truth)) for name, pick in picks.items()}
 
 
 def mean_probability_accuracy(probs: np.ndarray, labels: np.ndarray,
