@@ -28,6 +28,9 @@ Recipes (the same budget: `--epochs` epochs of `--images-per-epoch` images):
             every person of a region alike; `regions:0.5` the square root of their slices)
   R*N       an ensemble of N models of recipe R per fold (seeds S, S + 1000, ...), their softmax
             outputs averaged, as the product's top-k ensemble answers: `shipped*3`
+  R/k=v     recipe R with one field of its network (`CNNSpec`) or training (`TrainConfig`)
+            set, repeatable: `shipped/filters=4`, `shipped/filters=8/kernel_size=5`,
+            `shipped/learning_rate=0.003` (any point of a search space, as a fixed recipe)
 
 Budget (2 CPU cores): 32x32 slices, 8 epochs of 2,048 images, seeds 0-2 (the paper's recipe:
 seed 0, `--paper-seeds`); about 35 min at a load of 3-7 on 2 cores. The table is
@@ -136,19 +139,47 @@ def recipes(names: list[str], epochs: int, images: int) -> list[Recipe]:
     out = []
     for name in names:
         single, _, members = name.partition("*")  # "shipped*5": an ensemble of 5 per fold
+        single, *settings = single.split("/")  # "shipped/filters=4": one field set
         count = {"members": _members(name, members)}
         if single == "paper":
             spec, train = baseline_specs(images_per_epoch=images)
-            out.append(Recipe(name, spec, dataclasses.replace(train, epochs=epochs), **count))
-            continue
-        base, _, sampling = single.partition("@")
-        chosen = SHIPPED_POLICY if base == "shipped" else base.removeprefix("aug:")
-        augmentation = chosen != "none"
-        augment = _policy(chosen if augmentation else "paper")
-        out.append(Recipe(name, SHIPPED_SPEC, TrainConfig(
-            learning_rate=0.01, batch_size=32, augmentation=augmentation, augment=augment,
-            **budget, **_sampling(sampling)), **count))
+            train = dataclasses.replace(train, epochs=epochs)
+        else:
+            base, _, sampling = single.partition("@")
+            chosen = SHIPPED_POLICY if base == "shipped" else base.removeprefix("aug:")
+            augmentation = chosen != "none"
+            augment = _policy(chosen if augmentation else "paper")
+            spec, train = SHIPPED_SPEC, TrainConfig(
+                learning_rate=0.01, batch_size=32, augmentation=augmentation, augment=augment,
+                **budget, **_sampling(sampling))
+        spec, train = _with_settings(name, spec, train, settings)
+        out.append(Recipe(name, spec, train, **count))
     return out
+
+
+def _with_settings(name: str, spec: CNNSpec, train: TrainConfig,
+                   settings: list[str]) -> tuple[CNNSpec, TrainConfig]:
+    """`spec` and `train` with each "field=value" of `settings` set (its type: the field's)."""
+    for setting in settings:
+        key, _, text = setting.partition("=")
+        target = next((t for t in (spec, train) if key in {f.name for f in
+                                                         dataclasses.fields(t)}), None)
+        current = getattr(target, key, None)
+        if target is None or not text or not isinstance(current, (int, float, str)):
+            raise SystemExit(f"recipe {name!r}: {setting!r} must be field=value for a number "
+                             "or word field of CNNSpec or TrainConfig, e.g. shipped/filters=8 "
+                             "or shipped/learning_rate=0.003")
+        kind = type(current)
+        try:
+            value = (text.lower() in ("1", "true", "yes")) if kind is bool else kind(text)
+        except ValueError as err:
+            wanted = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise SystemExit(f"recipe {name!r}: {key} takes {wanted}, not {text!r}") from err
+        if target is spec:
+            spec = dataclasses.replace(spec, **{key: value})
+        else:
+            train = dataclasses.replace(train, **{key: value})
+    return spec, train
 
 
 def _members(name: str, text: str) -> int:
@@ -259,18 +290,17 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("mri_tune.train").setLevel(logging.WARNING)
     logging.getLogger("mri_tune_datasets").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    chosen = recipes(args.recipes.split(","), args.epochs, args.images_per_epoch)  # fail early
     store = SliceStore(ensure_store(
         args.store or Path(f"benchmark_output/generalization_{args.size}.h5"), args.size,
         args.field_of_view))
     data = pool_store(store)
     seeds = [int(s) for s in args.seeds.split(",")]
     paper_seeds = [int(s) for s in args.paper_seeds.split(",")]
-    chosen = recipes(args.recipes.split(","), args.epochs, args.images_per_epoch)
     protocols = ["loso", "kfold"] if args.protocol == "both" else [args.protocol]
     start = time.perf_counter()
     results: list[tuple[RecipeResult, Recipe]] = []

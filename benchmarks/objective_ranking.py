@@ -20,10 +20,10 @@ from scipy.stats import spearmanr
 
 from mri_tune.data.store import SliceStore
 from mri_tune.results.evaluate import evaluate_probabilities
+from mri_tune.results.selection import scores
 from mri_tune.results.trials import load_trials
 from mri_tune.training.checkpoint import load_checkpoint
 from mri_tune.training.inference import predict_proba
-from mri_tune.training.trainer import balanced_weights, class_weights
 
 
 def trial_rows(run: Path) -> list[tuple[float, float, float, float]]:
@@ -31,22 +31,18 @@ def trial_rows(run: Path) -> list[tuple[float, float, float, float]]:
     of every finished trial of the demo search in `run`."""
     store = SliceStore(run / "sample_store_32.h5")
     train, validation, test = (store.load_split(s) for s in ("train", "validation", "test"))
-    weighted = class_weights(train.labels, len(store.classes))[validation.labels]  # (N_val,)
-    balanced = balanced_weights(validation.labels, len(store.classes))[validation.labels]
     rows = []
     for trial in load_trials(run / "ray" / "mri_tune_demo"):
         if not trial.finished_ok:
             continue
         model = load_checkpoint(Path(trial.checkpoint)).model
-        probs = torch.from_numpy(predict_proba(model, validation.images))
-        picked = probs[torch.arange(len(validation.labels)), validation.labels]
-        ce = -torch.log(picked.clamp(min=1e-12))  # (N_val,)
+        losses = scores(predict_proba(model, validation.images), validation.labels.numpy(),
+                        validation.volume.numpy(), train.labels.numpy(), len(store.classes))
         ev = evaluate_probabilities(predict_proba(model, test.images), test.labels.numpy(),
                                     test.volume.numpy(), tuple(store.classes))
         recalls = [1.0 - e for e in ev.slice_class_error.values() if e is not None]
-        rows.append((float((weighted * ce).sum() / weighted.sum()),
-                     float((balanced * ce).sum() / balanced.sum()),
-                     ev.volume_accuracy, float(np.mean(recalls))))
+        rows.append((losses["weighted_ce"], losses["balanced_ce"], ev.volume_accuracy,
+                     float(np.mean(recalls))))
     return rows
 
 

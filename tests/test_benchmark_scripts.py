@@ -11,7 +11,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = ["faults.py", "faults_search.py", "generalization.py", "search.py", "searcher_bench.py",
-           "store.py", "train.py"]
+           "selection.py", "store.py", "train.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -32,3 +32,16 @@ def test_every_script_is_listed() -> None:
 def test_no_script_shadows_a_project_package() -> None:
     packages = {"mri_tune", "mri_tune_core", "mri_tune_datasets", "searchers", "datasets"}
     assert not {p.stem for p in BENCHMARKS.glob("*.py")} & packages
+
+
+def test_a_recipe_with_a_field_that_does_not_exist_is_refused_before_any_work(
+        tmp_path: Path) -> None:
+    store = tmp_path / "never.h5"
+    for recipe, says in (("shipped/filterz=4", "'filterz=4' must be field=value"),
+                         ("shipped/filters=four", "filters takes an integer, not 'four'"),
+                         ("shipped/augment=x", "'augment=x' must be field=value")):
+        run = subprocess.run([sys.executable, str(BENCHMARKS / "generalization.py"),
+                              "--recipes", recipe, "--store", str(store)], cwd=BENCHMARKS,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode != 0 and says in run.stderr, run.stderr[-2000:]
+        assert not store.exists()

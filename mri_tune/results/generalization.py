@@ -217,15 +217,20 @@ class FoldPrediction:
     plane: np.ndarray | None = None  # (n,) PLANES index of each slice
 
 
+def training_slices(data: PooledSlices, volume_ids: np.ndarray) -> Slices:
+    """The slices of `volume_ids` as a training set: images, labels and each slice's person."""
+    images, labels, volume, _ = data.select(volume_ids)
+    people = person_of_volume(data.volumes)[torch.from_numpy(volume)]
+    return Slices(images, torch.from_numpy(labels), people)
+
+
 def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
              device: torch.device) -> FoldPrediction:
     """Train `recipe` (seeded) on the fold's training volumes; predict its test volumes."""
     start = time.perf_counter()
-    train_images, train_labels, train_volume, _ = data.select(fold.train)
+    train = training_slices(data, fold.train)
     test_images, test_labels, test_volume, test_plane = data.select(fold.test)
     held_out = Slices(test_images, torch.from_numpy(test_labels))
-    people = person_of_volume(data.volumes)[torch.from_numpy(train_volume)]
-    train = Slices(train_images, torch.from_numpy(train_labels), people)
     probs = np.zeros((len(test_labels), len(data.classes)))
     for member in range(recipe.members):  # an ensemble, as the product's top-k: mean softmax
         trainer = train_on_slices(train, held_out, data.classes, recipe.spec,
