@@ -141,6 +141,10 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
                    help="train the chosen configurations (and the baseline) again on the "
                         "training and validation splits, as run_search.py does by default; "
                         "Ray tasks on a local Ray, or on the cluster that RAY_ADDRESS names")
+    p.add_argument("--refit-splits", default="train,validation",
+                   help="the splits a refit trains on; train,validation,test makes a model to "
+                        "deploy (every person of the store; `evaluate` then refuses its test "
+                        "split, whose figures would no longer be an estimate)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of one refit")
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPU share of one refit (0: CPU)")
@@ -150,11 +154,13 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from mri_tune.results.ensemble import build_ensemble, describe_ensemble, read_ensemble_manifest
 
+    if args.refit:
+        from mri_tune.results.refit import check_refit_splits, refit_ensemble
+
+        splits = check_refit_splits(args.refit_splits.split(","))  # before any work
     folder = build_ensemble(args.experiment, args.out, args.top)
     if args.refit:
         import ray
-
-        from mri_tune.results.refit import refit_ensemble
 
         def resources(config: dict) -> dict[str, float]:
             return {"num_cpus": args.cpus_per_trial, "num_gpus": args.gpus_per_trial}
@@ -162,7 +168,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         store = Path(read_ensemble_manifest(folder)["store"])
         ray.init(include_dashboard=False, log_to_driver=False)
         try:
-            refit_ensemble(folder, store, resources)
+            refit_ensemble(folder, store, resources, splits)
         finally:
             ray.shutdown()
     print(describe_ensemble(folder))

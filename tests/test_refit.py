@@ -13,21 +13,26 @@ import torch
 from test_run_search import trained_search  # noqa: F401  (the session's search)
 
 from mri_tune.data.store import SliceStore
+from mri_tune.errors import InputError
 from mri_tune.experiment.resources import task_resources
 from mri_tune.experiment.settings import settings_from_options
-from mri_tune.results.ensemble import load_ensemble
-from mri_tune.results.refit import TRAINED_ON, refit_ensemble
+from mri_tune.results.ensemble import EVERY_SPLIT, load_ensemble
+from mri_tune.results.evaluate import evaluate
+from mri_tune.results.refit import TRAINED_ON, check_refit_splits, refit_ensemble
 from mri_tune.training.checkpoint import read_checkpoint
 from mri_tune.training.config import specs_from_config
 from mri_tune.training.run import train_from_store
 
 
+def _one_small_epoch():
+    return specs_from_config({"num_blocks": 3, "convs_per_block": 1, "filters": 4,
+                              "kernel_size": 3, "learning_rate": 0.01, "batch_size": 32,
+                              "epochs": 1, "augmentation": False}, images_per_epoch=64, seed=0)
+
+
 def test_training_on_two_splits_sees_both(sample_store: Path) -> None:
     store = SliceStore(sample_store)
-    spec, config = specs_from_config({"num_blocks": 3, "convs_per_block": 1, "filters": 4,
-                                      "kernel_size": 3, "learning_rate": 0.01, "batch_size": 32,
-                                      "epochs": 1, "augmentation": False},
-                                     images_per_epoch=64, seed=0)
+    spec, config = _one_small_epoch()
     one = train_from_store(store, spec, config)
     both = train_from_store(store, spec, config, train_splits=TRAINED_ON)
     n_train, n_val = store.split_size("train"), store.split_size("validation")
@@ -127,3 +132,44 @@ def test_a_failed_refit_keeps_the_trials_member(trained_search, tmp_path: Path) 
     assert {p.name: p.read_bytes() for p in (folder / "members").iterdir()} == before
     assert not list(folder.rglob("*.partial"))
     assert len(load_ensemble(folder).models) == len(manifest["members"])
+
+
+def test_refit_splits_name_the_training_split_and_store_splits_once() -> None:
+    assert check_refit_splits(["validation", "train"]) == TRAINED_ON  # store order
+    assert check_refit_splits(["test", "train", "validation"]) == EVERY_SPLIT
+    for bad in (["validation", "test"], ["train", "train"], ["train", "holdout"], "train"):
+        with pytest.raises(InputError, match="train,validation,test"):
+            check_refit_splits(bad)
+
+
+def test_training_on_every_split_sees_the_test_people(sample_store: Path) -> None:
+    store = SliceStore(sample_store)
+    spec, config = _one_small_epoch()
+    every = train_from_store(store, spec, config, train_splits=EVERY_SPLIT)
+    sizes = [store.split_size(s) for s in EVERY_SPLIT]
+    assert len(every.train_labels) == sum(sizes)
+    assert torch.equal(every.train_labels[sum(sizes[:2]):], store.load_split("test").labels)
+
+
+@pytest.mark.slow
+def test_a_model_to_deploy_learns_every_split_and_refuses_a_test_figure(
+        trained_search, tmp_path: Path) -> None:  # noqa: F811
+    from mri_tune.cli import main
+
+    folder = tmp_path / "deploy"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["ensemble", "--experiment", str(trained_search.experiment), "--top", "1",
+                     "--out", str(folder), "--refit", "--refit-splits",
+                     "train,validation,test"]) == 0
+    manifest = json.loads((folder / "ensemble.json").read_text())
+    assert manifest["refit"]["trained_on"] == list(EVERY_SPLIT)
+    assert all(e["trained_on"] == list(EVERY_SPLIT) for e in manifest["members"]
+               + [manifest["baseline"]])
+    assert "(refit on train + validation + test)" in printed.getvalue()
+    with pytest.raises(InputError, match="trained on the test split"):
+        evaluate(folder, trained_search.store, "test")
+    assert evaluate(folder, trained_search.store, "train").num_volumes > 0  # in-sample, allowed
+    assert main(["ensemble", "--experiment", str(trained_search.experiment), "--out",
+                 str(tmp_path / "never"), "--refit", "--refit-splits", "validation"]) == 2
+    assert not (tmp_path / "never").exists()  # refused before any work

@@ -42,6 +42,7 @@ ENSEMBLE_FORMAT_VERSION = 1
 RANKING = "best validation loss (minimum over epochs of the class-weighted cross-entropy)"
 _DROPPED_KEYS = ("optimizer", "rng")  # training state a member for inference does not need
 TRAINED_ON = ("train", "validation")  # the splits a refit model learned (results/refit.py)
+EVERY_SPLIT = ("train", "validation", "test")  # a refit to deploy: every person of the store
 _MANIFEST_KEYS = ("format_version", "classes", "image_size", "preprocessing", "members",
                   "baseline", "ranking")
 _MEMBER_KEYS = ("trial_id", "val_loss", "val_error", "weights")
@@ -233,6 +234,15 @@ def manifest_models(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [*manifest["members"], *([manifest["baseline"]] if manifest.get("baseline") else [])]
 
 
+def trained_splits(path: Path) -> set[str]:
+    """The store splits any model of an ensemble folder learned from (a trial's own model: the
+    training split; a refit: its `trained_on`); {"train"} for a single checkpoint."""
+    if not (Path(path) / ENSEMBLE_FILE).is_file():
+        return {"train"}
+    manifest = read_ensemble_manifest(Path(path))
+    return {s for entry in manifest_models(manifest) for s in entry.get("trained_on", ["train"])}
+
+
 def load_ensemble(folder: Path, device: str = "cpu", part: str = "members") -> Ensemble:
     """Load an ensemble folder; part="baseline" loads its baseline member instead."""
     manifest = read_ensemble_manifest(folder)
@@ -289,8 +299,7 @@ def describe_ensemble(folder: Path) -> str:
     lines = [f"ensemble of {len(manifest['members'])} trials written to {folder} "
              f"(ranked by {manifest['ranking']}):"]
     lines += [f"  {m['trial_id']}  val_loss {m['val_loss']:.4f}  val_error {m['val_error']:.3f}"
-              + ("  (refit on train + validation)"
-                 if m.get("trained_on") == list(TRAINED_ON) else "")
+              + (f"  (refit on {' + '.join(m['trained_on'])})" if "refit_epochs" in m else "")
               for m in manifest["members"]]
     baseline = manifest["baseline"]
     lines.append(f"baseline trial: {baseline['trial_id']} (val_loss {baseline['val_loss']:.4f})"

@@ -27,7 +27,7 @@ import numpy as np
 
 from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
-from mri_tune.results.ensemble import load_classifiers
+from mri_tune.results.ensemble import EVERY_SPLIT, load_classifiers, trained_splits
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +274,13 @@ def evaluate(model_path: Path, store_path: Path, split: str = "test",
     trial (points_to_evaluate[0]); `build_ensemble` stores it beside the members, so evaluating
     an ensemble folder shows both side by side.
     """
+    seen = trained_splits(model_path)
+    if split != "train" and split in seen:
+        raise InputError(f"The models in {model_path} were trained on the {split} split (a "
+                         f"refit on {','.join(s for s in EVERY_SPLIT if s in seen)}), so their "
+                         f"{split} figures would not be an estimate. Evaluate the ensemble "
+                         "refit on train,validation (what run_search.py builds), or evaluate "
+                         "this one on another store.")
     store = SliceStore(store_path)
     data = store.load_split(split)
     images = data.images.numpy() if hasattr(data.images, "numpy") else np.asarray(data.images)

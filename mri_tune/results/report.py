@@ -257,10 +257,12 @@ def _refit_note(manifest: dict[str, Any]) -> str:
     """How the ensemble's models (and the baseline) were trained, when they were refit."""
     if not manifest.get("refit"):
         return " (each member is its trial's model, trained on the training split)"
-    kept = [e["trial_id"] for e in manifest_models(manifest)
-            if e.get("trained_on") != list(TRAINED_ON)]
-    note = ("; each member and the baseline trained again, from scratch, on the training and "
-            "validation splits for the epochs of its trial's best validation loss")
+    splits = manifest["refit"].get("trained_on", list(TRAINED_ON))
+    kept = [e["trial_id"] for e in manifest_models(manifest) if e.get("trained_on") != splits]
+    names = {"train": "training", "validation": "validation", "test": "test"}
+    on = " and ".join(", ".join(names[s] for s in splits).rsplit(", ", 1))
+    note = (f"; each member and the baseline trained again, from scratch, on the {on} "
+            "splits for the epochs of its trial's best validation loss")
     return note + (f" (refit failed for {', '.join(kept)}: the trial's own model is used)"
                    if kept else "")
 
