@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from generalization import SHIPPED_SPEC, ensure_store, recipes, site_of
+from generalization import ensure_store, recipes, site_of
 from scipy.stats import spearmanr
 
 from mri_tune.data.store import SliceStore
@@ -59,21 +59,12 @@ logger = logging.getLogger("selection")
 
 
 def candidates(epochs: int, images: int) -> list[Recipe]:
-    """Eight configurations a search could weigh: the shipped recipe, its augmentation policies,
-    and its neighbours in width, depth, kernel and learning rate."""
-    shipped, paper_aug, no_aug, slices = recipes(
-        ["shipped", "aug:paper", "aug:none", "shipped@slices"], epochs, images)
-    train = shipped.train
-
-    def variant(name: str, spec: dict[str, int], **settings: Any) -> Recipe:
-        return Recipe(name, dataclasses.replace(SHIPPED_SPEC, **spec),
-                      dataclasses.replace(train, **settings))
-
-    return [shipped, paper_aug, no_aug, slices,
-            variant("filters 4", {"filters": 4}),
-            variant("filters 8, kernel 5", {"filters": 8, "kernel_size": 5}),
-            variant("4 blocks", {"num_blocks": 4}),
-            variant("lr 0.003", {}, learning_rate=0.003)]
+    """Eight configurations a search could weigh: the shipped recipe, its augmentation policies
+    and the paper's slice sampling, and its neighbours in width, depth, kernel and learning
+    rate (`generalization.recipes` names)."""
+    return recipes(["shipped", "aug:paper", "aug:none", "shipped@slices", "shipped/filters=4",
+                    "shipped/filters=8/kernel_size=5", "shipped/num_blocks=4",
+                    "shipped/learning_rate=0.003"], epochs, images)
 
 
 def predictions(model: torch.nn.Module, data: PooledSlices, ids: np.ndarray,

@@ -16,12 +16,13 @@ from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
 from mri_tune.experiment.resources import task_resources
 from mri_tune.experiment.settings import settings_from_options
-from mri_tune.results.ensemble import EVERY_SPLIT, load_ensemble
+from mri_tune.results.ensemble import load_ensemble
 from mri_tune.results.evaluate import evaluate
 from mri_tune.results.refit import TRAINED_ON, check_refit_splits, refit_ensemble
 from mri_tune.training.checkpoint import read_checkpoint
 from mri_tune.training.config import specs_from_config
 from mri_tune.training.run import train_from_store
+from mri_tune_core.store_format import SPLITS
 
 
 def _one_small_epoch():
@@ -136,7 +137,7 @@ def test_a_failed_refit_keeps_the_trials_member(trained_search, tmp_path: Path) 
 
 def test_refit_splits_name_the_training_split_and_store_splits_once() -> None:
     assert check_refit_splits(["validation", "train"]) == TRAINED_ON  # store order
-    assert check_refit_splits(["test", "train", "validation"]) == EVERY_SPLIT
+    assert check_refit_splits(["test", "train", "validation"]) == SPLITS
     for bad in (["validation", "test"], ["train", "train"], ["train", "holdout"], "train"):
         with pytest.raises(InputError, match="train,validation,test"):
             check_refit_splits(bad)
@@ -145,8 +146,8 @@ def test_refit_splits_name_the_training_split_and_store_splits_once() -> None:
 def test_training_on_every_split_sees_the_test_people(sample_store: Path) -> None:
     store = SliceStore(sample_store)
     spec, config = _one_small_epoch()
-    every = train_from_store(store, spec, config, train_splits=EVERY_SPLIT)
-    sizes = [store.split_size(s) for s in EVERY_SPLIT]
+    every = train_from_store(store, spec, config, train_splits=SPLITS)
+    sizes = [store.split_size(s) for s in SPLITS]
     assert len(every.train_labels) == sum(sizes)
     assert torch.equal(every.train_labels[sum(sizes[:2]):], store.load_split("test").labels)
 
@@ -163,8 +164,8 @@ def test_a_model_to_deploy_learns_every_split_and_refuses_a_test_figure(
                      "--out", str(folder), "--refit", "--refit-splits",
                      "train,validation,test"]) == 0
     manifest = json.loads((folder / "ensemble.json").read_text())
-    assert manifest["refit"]["trained_on"] == list(EVERY_SPLIT)
-    assert all(e["trained_on"] == list(EVERY_SPLIT) for e in manifest["members"]
+    assert manifest["refit"]["trained_on"] == list(SPLITS)
+    assert all(e["trained_on"] == list(SPLITS) for e in manifest["members"]
                + [manifest["baseline"]])
     assert "(refit on train + validation + test)" in printed.getvalue()
     with pytest.raises(InputError, match="trained on the test split"):

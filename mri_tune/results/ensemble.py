@@ -42,7 +42,6 @@ ENSEMBLE_FORMAT_VERSION = 1
 RANKING = "best validation loss (minimum over epochs of the class-weighted cross-entropy)"
 _DROPPED_KEYS = ("optimizer", "rng")  # training state a member for inference does not need
 TRAINED_ON = ("train", "validation")  # the splits a refit model learned (results/refit.py)
-EVERY_SPLIT = ("train", "validation", "test")  # a refit to deploy: every person of the store
 _MANIFEST_KEYS = ("format_version", "classes", "image_size", "preprocessing", "members",
                   "baseline", "ranking")
 _MEMBER_KEYS = ("trial_id", "val_loss", "val_error", "weights")

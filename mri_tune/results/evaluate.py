@@ -27,7 +27,8 @@ import numpy as np
 
 from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
-from mri_tune.results.ensemble import EVERY_SPLIT, load_classifiers, trained_splits
+from mri_tune.results.ensemble import load_classifiers, trained_splits
+from mri_tune_core.store_format import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def evaluate(model_path: Path, store_path: Path, split: str = "test",
     seen = trained_splits(model_path)
     if split != "train" and split in seen:
         raise InputError(f"The models in {model_path} were trained on the {split} split (a "
-                         f"refit on {','.join(s for s in EVERY_SPLIT if s in seen)}), so their "
+                         f"refit on {','.join(s for s in SPLITS if s in seen)}), so their "
                          f"{split} figures would not be an estimate. Evaluate the ensemble "
                          "refit on train,validation (what run_search.py builds), or evaluate "
                          "this one on another store.")

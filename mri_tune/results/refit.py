@@ -1,6 +1,6 @@
 """Refit: the ensemble's chosen configurations trained again on the training and validation splits.
 
-(Or on every split, for a model to deploy: `splits=EVERY_SPLIT`, `mri-tune ensemble --refit
+(Or on every split, for a model to deploy: `splits=SPLITS` (the store's), `mri-tune ensemble --refit
 --refit-splits train,validation,test`. Its test figures are then no longer an estimate, so
 `evaluate` refuses the test split for it; the leave-one-site-out learning curve,
 benchmarks/RESULTS_generalization.md, is the evidence that more people help on new sites.)
@@ -40,7 +40,6 @@ import ray
 
 from mri_tune.results.ensemble import (
     ENSEMBLE_FILE,
-    EVERY_SPLIT,
     TRAINED_ON,
     inference_payload,
     manifest_models,
@@ -52,6 +51,7 @@ from mri_tune.training.model import CNNSpec
 from mri_tune.training.run import train_from_store
 from mri_tune_core.errors import InputError
 from mri_tune_core.files import replace_atomically
+from mri_tune_core.store_format import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def refit_ensemble(folder: Path, store: Path,
                    resources: Callable[[Mapping[str, Any]], dict[str, float]],
                    splits: Sequence[str] = TRAINED_ON) -> Path:
     """Retrain every member (and the baseline) of the ensemble in `folder` on `splits` of
-    `store` (the training and validation splits; EVERY_SPLIT for a model to deploy, which can
+    `store` (the training and validation splits; SPLITS for a model to deploy, which can
     then no longer be evaluated on the test split), as Ray tasks (Ray must be initialised);
     returns `folder`.
 
@@ -108,12 +108,12 @@ def check_refit_splits(splits: Sequence[str]) -> tuple[str, ...]:
     """`splits` in store order; InputError unless they name the training split and only
     splits of a store, each once."""
     if isinstance(splits, str) or "train" not in splits or len(set(splits)) != len(splits) \
-            or not set(splits) <= set(EVERY_SPLIT):
+            or not set(splits) <= set(SPLITS):
         raise InputError(f"A refit trains on the training split and, if asked, others of "
-                         f"{', '.join(EVERY_SPLIT)}, each once. Got {list(splits)!r}; e.g. "
+                         f"{', '.join(SPLITS)}, each once. Got {list(splits)!r}; e.g. "
                          "train,validation (the default) or train,validation,test (a model to "
                          "deploy).")
-    return tuple(s for s in EVERY_SPLIT if s in splits)
+    return tuple(s for s in SPLITS if s in splits)
 
 
 def _refit_member(store: str, train_config: Mapping[str, Any], spec: Mapping[str, Any],
