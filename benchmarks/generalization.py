@@ -68,6 +68,7 @@ from mri_tune.data.store import SliceStore
 from mri_tune.errors import InputError
 from mri_tune.results.generalization import (
     VERDICT_RULES,
+    VIEW_SETS,
     Fold,
     Recipe,
     RecipeResult,
@@ -223,8 +224,9 @@ def format_table(results: list[RecipeResult], classes: tuple[str, ...]) -> str:
 def format_rules(results: list[RecipeResult]) -> str:
     """Volume accuracy of each verdict rule (`VERDICT_RULES`) beside the majority vote."""
     columns = ["volume_accuracy", "volume_accuracy_mean_probability",
-               *(f"rule_{name}" for name in VERDICT_RULES)]
-    return _markdown(results, columns, ["vote (all planes)", "mean probability", *VERDICT_RULES])
+               *(f"rule_{name}" for name in (*VERDICT_RULES, *VIEW_SETS))]
+    return _markdown(results, columns, ["vote (all planes)", "mean probability", *VERDICT_RULES,
+                                        *VIEW_SETS])
 
 
 def _markdown(results: list[RecipeResult], columns: list[str], heads: list[str]) -> str:

@@ -17,7 +17,7 @@ from mri_tune.training.checkpoint import load_checkpoint, read_checkpoint, save_
 from mri_tune.training.config import TrainConfig, baseline_specs, read_config, specs_from_config
 from mri_tune.training.device import DevicePolicy, resolve_device
 from mri_tune.training.failures import failure_policy
-from mri_tune.training.inference import predict_proba
+from mri_tune.training.inference import TEST_VIEWS, apply_view, predict_proba
 from mri_tune.training.model import CNNSpec, RegionCNN
 from mri_tune.training.run import train_on_slices
 from mri_tune.training.trainer import (
@@ -27,6 +27,7 @@ from mri_tune.training.trainer import (
     balanced_weights,
     build_model,
     class_weights,
+    validation_metrics,
     weighted_cross_entropy,
 )
 
@@ -142,7 +143,12 @@ def test_learning_rate_decays_per_iteration() -> None:
 
 
 def test_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, train_tiny(dataclasses.replace(CONFIG, epochs=1)))
+    def save_first(metrics: EpochMetrics, trainer: Trainer) -> None:
+        if metrics.epoch == 1:
+            save_checkpoint(tmp_path, trainer)
+
+    first = build_model(TINY, len(CLASSES), (32, 32), "cpu", CONFIG.seed)
+    Trainer(first, TRAIN, VALIDATION, CONFIG, CLASSES).run(on_epoch=save_first)
     model = build_model(TINY, len(CLASSES), (32, 32), "cpu", seed=99)  # weights get replaced
     trainer = Trainer(model, TRAIN, VALIDATION, CONFIG, CLASSES)
     trainer.load_state_dict(read_checkpoint(tmp_path))
@@ -393,3 +399,85 @@ def test_train_config_normalises_and_validates() -> None:
         dataclasses.replace(CONFIG, batch_size=0)
     with pytest.raises(SpecError, match="augmentation must be a bool"):
         dataclasses.replace(CONFIG, augmentation="yes")
+
+
+def test_test_time_views_keep_shape_and_alter_as_named() -> None:
+    """Each view keeps (N, [C,] H, W) uint8; flip mirrors the last axis; zoom_in enlarges the
+    centre (a centred bright square grows), zoom_out shrinks it onto zero padding; the mean
+    over views is what predict_proba returns, and an unknown view is refused by name."""
+    images = torch.zeros((2, 32, 32), dtype=torch.uint8)
+    images[:, 8:24, 8:24] = 200
+    images[:, 0, 0] = 255  # a corner mark: only the flip moves it to the other side
+    for name in TEST_VIEWS:
+        for batch in (images, images[:, None].expand(2, 2, 32, 32)):
+            out = apply_view(batch, name)
+            assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert torch.equal(apply_view(images, "identity"), images)
+    assert apply_view(images, "flip")[0, 0, 31] == 255 and torch.equal(
+        apply_view(apply_view(images, "flip"), "flip"), images)
+    bright = {name: int((apply_view(images, name)[0] > 100).sum()) for name in TEST_VIEWS}
+    assert bright["zoom_out"] < bright["identity"] - 50 < bright["zoom_in"] - 100
+    shrunk = apply_view(images, "zoom_out")
+    assert shrunk[:, :2].max() == 0 and shrunk[:, :, :2].max() == 0  # the border is padding
+    with pytest.raises(InputError, match="rotate"):
+        apply_view(images, "rotate")
+
+    model = RegionCNN(TINY, 4, (32, 32))
+    mean = np.mean([predict_proba(model, images, views=(name,)) for name in TEST_VIEWS], axis=0)
+    np.testing.assert_allclose(predict_proba(model, images, views=TEST_VIEWS), mean, atol=1e-6)
+    assert not np.allclose(predict_proba(model, images, views=TEST_VIEWS),
+                           predict_proba(model, images))
+    with pytest.raises(InputError, match="at least one"):
+        predict_proba(model, images, views=())
+
+
+AVERAGED = dataclasses.replace(CONFIG, epochs=3, average_weights=0.5)  # 18 steps, the last 9
+
+
+def test_weight_averaging_keeps_the_mean_of_the_last_iterates_and_resumes(tmp_path: Path) -> None:
+    """average_weights=0.5: the same SGD path as without it, and the kept model is the mean of
+    the weights after each of the last half of the steps; the last epoch validates that mean;
+    a checkpoint taken while averaging resumes to the same model and history."""
+    plain = Trainer(build_model(TINY, len(CLASSES), (32, 32), "cpu", 0), TRAIN, VALIDATION,
+                    dataclasses.replace(AVERAGED, average_weights=0.0), CLASSES)
+    iterates = []
+    step = plain._step
+
+    def recording(images: torch.Tensor, labels: torch.Tensor):
+        out = step(images, labels)
+        if plain.iteration > 9:
+            iterates.append([p.detach().clone() for p in plain.model.parameters()])
+        return out
+
+    plain._step = recording
+    plain.run()
+    assert len(iterates) == 9
+
+    def save_mid_average(metrics: EpochMetrics, trainer: Trainer) -> None:
+        if metrics.epoch == 2:
+            assert 0 < trainer.averaged < 9
+            save_checkpoint(tmp_path, trainer)
+
+    averaged = Trainer(build_model(TINY, len(CLASSES), (32, 32), "cpu", 0), TRAIN, VALIDATION,
+                       AVERAGED, CLASSES)
+    averaged.run(on_epoch=save_mid_average)
+    assert averaged.averaged == 9
+    for kept, *path in zip(averaged.model.parameters(), *iterates, strict=True):
+        torch.testing.assert_close(kept, torch.stack(path).mean(dim=0))
+    last = list(plain.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(averaged.model.parameters(), last,
+                                                    strict=True))
+    val_loss, _, _ = validation_metrics(averaged.model, VALIDATION, averaged.val_weights,
+                                        CLASSES, averaged.policy, 256)
+    assert averaged.history[-1].val_loss == pytest.approx(val_loss)
+    assert averaged.history[0].val_loss == plain.history[0].val_loss  # before averaging
+
+    resumed = Trainer(build_model(TINY, len(CLASSES), (32, 32), "cpu", 99), TRAIN, VALIDATION,
+                      AVERAGED, CLASSES)
+    resumed.load_state_dict(read_checkpoint(tmp_path))
+    resumed.run()
+    assert deterministic(resumed.history) == deterministic(averaged.history)
+    for a, b in zip(resumed.model.parameters(), averaged.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(SpecError, match="average_weights"):
+        dataclasses.replace(CONFIG, average_weights=1.5)

@@ -15,6 +15,7 @@ from ray import tune
 from mri_tune.errors import SpecError
 from mri_tune.experiment import trainable as trainable_module
 from mri_tune.experiment.trainable import TrialSettings, make_trainable, run_trial, trial_specs
+from mri_tune.training.config import TrainConfig
 from mri_tune.training.model import CNNSpec, RegionCNN
 
 # A tiny member of the space at 128x128 (4 poolings leave 8x8): cheap on CPU.
@@ -66,6 +67,9 @@ def test_trial_specs_scale_epochs_and_take_settings() -> None:
                                                    images_per_epoch=10, seed=3))
     assert spec == CNNSpec(4, 1, 4, 3)
     assert (config.epochs, config.images_per_epoch, config.seed) == (1, 10, 3)
+    assert config.average_weights == TrainConfig.average_weights  # the default
+    _, smoke = trial_specs(TINY, TrialSettings(store=Path("s.h5"), average_weights=0.0))
+    assert smoke.average_weights == 0.0
     assert TrialSettings(store=Path("s.h5")).store.is_absolute()
     with pytest.raises(SpecError, match="epoch_scale"):
         TrialSettings(store=Path("s.h5"), epoch_scale=0.0)

@@ -25,6 +25,12 @@ SCALES: tuple[str, ...] = ("demo", "paper", "smoke")
 IMAGES_PER_EPOCH: dict[str, int] = {"paper": paper.IMAGES_PER_EPOCH, "demo": 2048, "smoke": 1024}
 """Training images drawn per epoch at each scale."""
 
+AVERAGE_WEIGHTS: dict[str, float] = {"paper": 0.5, "demo": 0.5, "smoke": 0.0}
+"""`TrainConfig.average_weights` of every trial at each scale: the mean of the weights over the
+last half of the steps (measured at the demo's budget, benchmarks/RESULTS_generalization.md);
+the smoke scale's runs (192-256 steps without augmentation) are still learning fast at half-way,
+so they keep the last iterate, as they keep augmentation off."""
+
 STORE_SIZE: dict[str, int] = {"paper": paper.IMAGE_SIZE, "demo": 32, "smoke": 32}
 """Side of the sample store's slices per scale: the paper's at paper scale; the demo and smoke
 scales ingest 32x32 slices (16x fewer pixels) so that 2 CPU cores run a whole search in minutes."""

@@ -28,7 +28,13 @@ from mri_tune.experiment.resume import (
     settle_searcher,
 )
 from mri_tune.experiment.settings import ExperimentSettings
-from mri_tune.experiment.space import IMAGES_PER_EPOCH, STORE_SIZE, baseline_config, param_space
+from mri_tune.experiment.space import (
+    AVERAGE_WEIGHTS,
+    IMAGES_PER_EPOCH,
+    STORE_SIZE,
+    baseline_config,
+    param_space,
+)
 from mri_tune.experiment.trainable import TrialSettings, make_trainable
 from mri_tune_core import paper
 from searchers import GPSearch, resolve_settings
@@ -170,9 +176,11 @@ def report_interrupted(settings: ExperimentSettings, write: Callable[[str], None
 
 
 def _trainable(settings: ExperimentSettings):
-    """The trial function, bound to the store and the scale's images per epoch, with resources."""
+    """The trial function, bound to the store and the scale's images per epoch and weight
+    average, with resources."""
     trial = TrialSettings(store=Path(settings.store),
                           images_per_epoch=IMAGES_PER_EPOCH[settings.scale], seed=settings.seed,
+                          average_weights=AVERAGE_WEIGHTS[settings.scale],
                           experiment_dir=settings.local_experiment_dir)
     image_size = SliceStore(settings.store).image_size
     resources = trial_resources(settings.cpus_per_trial, settings.gpus_per_trial,

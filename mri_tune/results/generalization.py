@@ -23,7 +23,8 @@ Symbols (N pooled slices, C classes, V volumes, S seeds):
 Two measurements beside the accuracy: `fewer_people` cuts a fold's training set to a share of
 each region's people (a learning curve in people: what more data would buy), and
 `verdict_rule_accuracy` scores other ways of turning slice probabilities into a volume's verdict
-(`VERDICT_RULES`) on the same predictions as the vote.
+(`VERDICT_RULES`) on the same predictions as the vote, and `view_accuracy` the vote of
+test-time views of the same slices (`VIEW_SETS`: flipped and zoomed copies, averaged).
 
 The recipe trains a fixed number of epochs and the last epoch is scored: nothing is selected
 on the held-out volumes. `Trainer` wants a validation split; the held-out slices serve as one
@@ -52,7 +53,7 @@ from mri_tune.results.evaluate import (
     volume_truth,
 )
 from mri_tune.training.config import TrainConfig
-from mri_tune.training.inference import predict_proba
+from mri_tune.training.inference import TEST_VIEWS, predict_proba
 from mri_tune.training.model import CNNSpec
 from mri_tune.training.run import train_on_slices
 from mri_tune.training.trainer import Slices
@@ -215,6 +216,7 @@ class FoldPrediction:
     volume: np.ndarray  # (n,)
     seconds: float
     plane: np.ndarray | None = None  # (n,) PLANES index of each slice
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # TEST_VIEWS name -> (n, C)
 
 
 def training_slices(data: PooledSlices, volume_ids: np.ndarray) -> Slices:
@@ -231,14 +233,16 @@ def run_fold(recipe: Recipe, data: PooledSlices, fold: Fold, seed: int,
     train = training_slices(data, fold.train)
     test_images, test_labels, test_volume, test_plane = data.select(fold.test)
     held_out = Slices(test_images, torch.from_numpy(test_labels))
-    probs = np.zeros((len(test_labels), len(data.classes)))
+    views = {name: np.zeros((len(test_labels), len(data.classes))) for name in TEST_VIEWS}
     for member in range(recipe.members):  # an ensemble, as the product's top-k: mean softmax
         trainer = train_on_slices(train, held_out, data.classes, recipe.spec,
                                   replace(recipe.train, seed=seed + _MEMBER_SEEDS * member),
                                   device=device)
-        probs += predict_proba(trainer.model, test_images, device) / recipe.members
-    return FoldPrediction(fold.name, probs, test_labels, test_volume,
-                          time.perf_counter() - start, test_plane)
+        for name in TEST_VIEWS:
+            views[name] += predict_proba(trainer.model, test_images, device,
+                                         views=(name,)) / recipe.members
+    return FoldPrediction(fold.name, views["identity"], test_labels, test_volume,
+                          time.perf_counter() - start, test_plane, views)
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,9 @@ def pool_folds(seed: int, predictions: Sequence[FoldPrediction],
     if acquisition is not None and all(p.plane is not None for p in predictions):
         plane = np.concatenate([p.plane for p in predictions])
         rules = verdict_rule_accuracy(probs, labels, volume, plane, acquisition)
+    if all(p.views for p in predictions):
+        views = {name: np.concatenate([p.views[name] for p in predictions]) for name in TEST_VIEWS}
+        rules |= view_accuracy(views, labels, volume, classes)
     return SeedResult(seed, evaluate_probabilities(probs, labels, volume, classes),
                       float(np.mean(probs.max(axis=1) > paper.DECISION_THRESHOLD)), per_fold,
                       sum(p.seconds for p in predictions),
@@ -325,6 +332,21 @@ def verdict_rule_accuracy(probs: np.ndarray, labels: np.ndarray, volume: np.ndar
         "log_probability": log_mass.argmax(axis=1),
     }
     return {name: float(np.mean(pick == truth)) for name, pick in picks.items()}
+
+
+VIEW_SETS = {"views_flip": ("identity", "flip"), "views_zoom": ("identity", "zoom_in", "zoom_out"),
+             "views_all": TEST_VIEWS}
+"""Test-time view sets (`inference.TEST_VIEWS`) scored beside the stored slices alone: the
+verdict is the usual vote (`evaluate.verdict`) of the slices' mean probability over the set's
+views, as `predict_proba(..., views=...)` gives it."""
+
+
+def view_accuracy(views: Mapping[str, np.ndarray], labels: np.ndarray, volume: np.ndarray,
+                  classes: tuple[str, ...]) -> dict[str, float]:
+    """Volume accuracy of each of VIEW_SETS, from the per-view probabilities of the same slices."""
+    return {name: evaluate_probabilities(np.mean([views[v] for v in chosen], axis=0), labels,
+                                         volume, classes).volume_accuracy
+            for name, chosen in VIEW_SETS.items()}
 
 
 def mean_probability_accuracy(probs: np.ndarray, labels: np.ndarray,

@@ -1,13 +1,47 @@
-"""A trained model's outputs: logits and softmax probabilities of uint8 slices, in batches."""
+"""A trained model's outputs: logits and softmax probabilities of uint8 slices, in batches.
+
+Test-time views: `predict_proba(..., views=...)` averages the softmax over altered copies of the
+slices (`TEST_VIEWS`), each of them an alteration the training augmentation also draws:
+    identity   the slice as stored
+    flip       mirrored along its first image axis (the training flip)
+    zoom_in    the central 1/ZOOM of the field enlarged to the full image (a field-of-view crop)
+    zoom_out   the slice shrunk by 1/ZOOM and centred on zero padding (as ingest pads)
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mri_tune.errors import InputError
 from mri_tune.training.device import DevicePolicy
+
+TEST_VIEWS = ("identity", "flip", "zoom_in", "zoom_out")
+ZOOM = 1.15
+
+
+def apply_view(images: torch.Tensor, name: str) -> torch.Tensor:
+    """(N, [C,] H, W) uint8 -> the same shape and dtype, altered as TEST_VIEWS[name] says."""
+    if name not in TEST_VIEWS:
+        raise InputError(f"unknown test-time view {name!r}; choose from {', '.join(TEST_VIEWS)}")
+    if name == "identity":
+        return images
+    if name == "flip":
+        return images.flip(-1)
+    height, width = images.shape[-2:]
+    x = images.reshape(-1, 1, height, width).float()
+    h, w = round(height / ZOOM), round(width / ZOOM)  # the centred box, 1/ZOOM of each side
+    top, left = (height - h) // 2, (width - w) // 2
+    if name == "zoom_in":
+        out = F.interpolate(x[..., top:top + h, left:left + w], size=(height, width),
+                            mode="bilinear", align_corners=False)
+    else:
+        out = torch.zeros_like(x)
+        out[..., top:top + h, left:left + w] = F.interpolate(
+            x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8).reshape(images.shape)
 
 
 def logits(model: nn.Module, images: torch.Tensor, policy: DevicePolicy,
@@ -25,9 +59,10 @@ def logits(model: nn.Module, images: torch.Tensor, policy: DevicePolicy,
 
 
 def predict_proba(model: nn.Module, images: torch.Tensor | np.ndarray,
-                  device: torch.device | str | None = None, batch_size: int = 256) -> np.ndarray:
+                  device: torch.device | str | None = None, batch_size: int = 256,
+                  views: tuple[str, ...] = ("identity",)) -> np.ndarray:
     """Softmax probabilities (N, classes) float32 for (N, H, W) or (N, C, H, W) uint8 slices,
-    in batches on `device`.
+    in batches on `device`; with several `views` (TEST_VIEWS), their mean.
 
     `device` defaults to the model's; the images may live anywhere (each batch is moved).
     """
@@ -44,5 +79,8 @@ def predict_proba(model: nn.Module, images: torch.Tensor | np.ndarray,
     policy = DevicePolicy.for_device(
         device if device is not None else next(model.parameters()).device)
     model.to(policy.device)
-    scores = logits(model, images, policy, batch_size)
-    return torch.softmax(scores, dim=1).cpu().numpy().astype(np.float32)
+    if not views:
+        raise InputError("predict_proba needs at least one test-time view, e.g. ('identity',)")
+    total = sum(torch.softmax(logits(model, apply_view(images, name), policy, batch_size), dim=1)
+                for name in views)
+    return (total / len(views)).cpu().numpy().astype(np.float32)

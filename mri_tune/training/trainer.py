@@ -27,6 +27,7 @@ How an epoch draws its slices (`TrainConfig.sampling`):
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -207,6 +208,13 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self.history: list[EpochMetrics] = []
+        # Tail average of the weights (config.average_weights): the mean of the iterates after
+        # iteration `average_start`, and how many it holds.
+        per_epoch = max(1, self.images_per_epoch // config.batch_size)
+        total = per_epoch * config.epochs
+        self.average_start = total - round(config.average_weights * total)
+        self.average: list[torch.Tensor] | None = None
+        self.averaged = 0
 
     @property
     def device(self) -> torch.device:
@@ -224,9 +232,11 @@ class Trainer:
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             train_loss, train_error, images_per_s = self._train_epoch()
+            if self.average is not None and self.epoch + 1 == self.config.epochs:
+                self._load_average(self.model)  # training ends: the average is the model
             val_loss, val_error, per_class = validation_metrics(
-                self.model, Slices(self.val_images, self.val_labels), self.val_weights,
-                self.class_names, self.policy, self.config.eval_batch_size)
+                self._validated_model(), Slices(self.val_images, self.val_labels),
+                self.val_weights, self.class_names, self.policy, self.config.eval_batch_size)
             self.epoch += 1
             metrics = EpochMetrics(self.epoch, train_loss, train_error, val_loss, val_error,
                                    per_class, images_per_s, self.learning_rate(),
@@ -292,7 +302,31 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.iteration += 1
+        if self.iteration > self.average_start:
+            self._add_to_average()
         return loss.detach(), (logits.detach().argmax(dim=1) != labels).sum()
+
+    def _add_to_average(self) -> None:
+        weights = [p.detach() for p in self.model.parameters()]
+        if self.average is None:
+            self.average = [w.clone() for w in weights]
+        else:
+            for mean, w in zip(self.average, weights, strict=True):
+                mean.lerp_(w, 1.0 / (self.averaged + 1))
+        self.averaged += 1
+
+    def _load_average(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for p, mean in zip(model.parameters(), self.average, strict=True):
+                p.copy_(mean)
+
+    def _validated_model(self) -> nn.Module:
+        """The model validation scores: the weights' average once it has begun, else the model."""
+        if self.average is None or self.epoch + 1 == self.config.epochs:
+            return self.model
+        model = copy.deepcopy(self.model)
+        self._load_average(model)
+        return model
 
     def _check_finite(self, loss_sum: torch.Tensor) -> float:
         value = float(loss_sum)
@@ -313,6 +347,8 @@ class Trainer:
             "iteration": self.iteration,
             "rng": {"sampler": self.sampler.get_state(), "augmenter": self.augmenter.get_state()},
             "history": [m.to_dict() for m in self.history],
+            "average": None if self.average is None else {
+                "weights": [w.clone() for w in self.average], "count": self.averaged},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -323,6 +359,10 @@ class Trainer:
         self.sampler.set_state(state["rng"]["sampler"].cpu())
         self.augmenter.set_state(state["rng"]["augmenter"].cpu())
         self.history = [EpochMetrics.from_dict(m, self.class_names) for m in state["history"]]
+        average = state.get("average")  # absent in checkpoints of earlier versions
+        self.average = (None if average is None
+                        else [w.to(self.device) for w in average["weights"]])
+        self.averaged = 0 if average is None else int(average["count"])
 
 
 def _on_device(split: LabelledSlices, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
