@@ -74,7 +74,7 @@ class TrialSettings:
     device: "auto" (CUDA when the trial sees a GPU), "cpu" or "cuda".
     images_per_epoch: training images per epoch; None = 4 x the training set (the paper).
     epoch_scale: multiplies the config's `epochs` (at least 1 epoch), to run cheaper searches.
-    average_weights: `TrainConfig.average_weights` of every trial; None = TrainConfig's default.
+    average_weights: `TrainConfig.average_weights` of every trial.
     seed: seed of every trial (model initialisation, sampling, augmentation); trials differ only
         by their configs, so their losses compare like for like.
     tensorboard: write TensorBoard scalars in the trial folder.
@@ -89,7 +89,7 @@ class TrialSettings:
     device: str = "auto"
     images_per_epoch: int | None = None
     epoch_scale: float = 1.0
-    average_weights: float | None = None
+    average_weights: float = TrainConfig.average_weights
     seed: int = 0
     tensorboard: bool = True
     experiment_dir: Path | None = None
@@ -110,10 +110,8 @@ class TrialSettings:
 def trial_specs(config: Mapping[str, Any], settings: TrialSettings) -> tuple[CNNSpec,
                                                                            TrainConfig]:
     """The typed specs of one trial: Table 1 keys from `config`, the rest from `settings`."""
-    average = ({} if settings.average_weights is None
-               else {"average_weights": settings.average_weights})
     spec, train = specs_from_config(config, images_per_epoch=settings.images_per_epoch,
-                                    seed=settings.seed, **average)
+                                    seed=settings.seed, average_weights=settings.average_weights)
     epochs = max(1, round(train.epochs * settings.epoch_scale))
     return spec, dataclasses.replace(train, epochs=epochs)
 

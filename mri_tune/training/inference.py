@@ -22,10 +22,14 @@ TEST_VIEWS = ("identity", "flip", "zoom_in", "zoom_out")
 ZOOM = 1.15
 
 
-def apply_view(images: torch.Tensor, name: str) -> torch.Tensor:
-    """(N, [C,] H, W) uint8 -> the same shape and dtype, altered as TEST_VIEWS[name] says."""
+def _check_view(name: str) -> None:
     if name not in TEST_VIEWS:
         raise InputError(f"unknown test-time view {name!r}; choose from {', '.join(TEST_VIEWS)}")
+
+
+def apply_view(images: torch.Tensor, name: str) -> torch.Tensor:
+    """(N, [C,] H, W) uint8 -> the same shape and dtype, altered as TEST_VIEWS[name] says."""
+    _check_view(name)
     if name == "identity":
         return images
     if name == "flip":
@@ -45,14 +49,17 @@ def apply_view(images: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def logits(model: nn.Module, images: torch.Tensor, policy: DevicePolicy,
-           batch_size: int) -> torch.Tensor:
-    """(N, classes) fp32 logits on the device for (N, [C,] H, W) uint8 images (no augmentation)."""
+           batch_size: int, view: str = "identity") -> torch.Tensor:
+    """(N, classes) fp32 logits on the device for (N, [C,] H, W) uint8 images (no augmentation;
+    each batch altered on the device as the test-time `view` says)."""
+    _check_view(view)  # before the model changes mode
     was_training = model.training
     model.eval()
     chunks = []
     with torch.inference_mode(), policy.autocast():
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start:start + batch_size].to(policy.device, non_blocking=True)
+            batch = apply_view(images[start:start + batch_size].to(policy.device,
+                                                                   non_blocking=True), view)
             chunks.append(model(policy.prepare(batch)).float())
     model.train(was_training)
     return torch.cat(chunks)
@@ -81,6 +88,6 @@ def predict_proba(model: nn.Module, images: torch.Tensor | np.ndarray,
     model.to(policy.device)
     if not views:
         raise InputError("predict_proba needs at least one test-time view, e.g. ('identity',)")
-    total = sum(torch.softmax(logits(model, apply_view(images, name), policy, batch_size), dim=1)
+    total = sum(torch.softmax(logits(model, images, policy, batch_size, name), dim=1)
                 for name in views)
     return (total / len(views)).cpu().numpy().astype(np.float32)

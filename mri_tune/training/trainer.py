@@ -200,6 +200,7 @@ class Trainer:
         self.val_weights = (balanced_weights(self.val_labels, len(self.class_names))
                             if config.validation_loss == "balanced" else self.weights)  # (C,)
         self.images_per_epoch = config.images_for(len(self.train_labels))
+        self.iterations_per_epoch = max(1, self.images_per_epoch // config.batch_size)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate,
                                          momentum=config.momentum, nesterov=paper.NESTEROV)
         self.sampler = torch.Generator().manual_seed(config.seed)
@@ -210,8 +211,7 @@ class Trainer:
         self.history: list[EpochMetrics] = []
         # Tail average of the weights (config.average_weights): the mean of the iterates after
         # iteration `average_start`, and how many it holds.
-        per_epoch = max(1, self.images_per_epoch // config.batch_size)
-        total = per_epoch * config.epochs
+        total = self.iterations_per_epoch * config.epochs
         self.average_start = total - round(config.average_weights * total)
         self.average: list[torch.Tensor] | None = None
         self.averaged = 0
@@ -232,8 +232,6 @@ class Trainer:
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             train_loss, train_error, images_per_s = self._train_epoch()
-            if self.average is not None and self.epoch + 1 == self.config.epochs:
-                self._load_average(self.model)  # training ends: the average is the model
             val_loss, val_error, per_class = validation_metrics(
                 self._validated_model(), Slices(self.val_images, self.val_labels),
                 self.val_weights, self.class_names, self.policy, self.config.eval_batch_size)
@@ -251,7 +249,7 @@ class Trainer:
     def _train_epoch(self) -> tuple[float, float, float]:
         """One epoch of SGD; returns (mean training loss, training error, images per second)."""
         batch = self.config.batch_size
-        iterations = max(1, self.images_per_epoch // batch)
+        iterations = self.iterations_per_epoch
         order = self._draw_order(iterations * batch).to(self.device)  # (iterations * B,)
         per_chunk = max(1, _CHUNK_IMAGES // batch) * batch
         loss_sum = torch.zeros((), device=self.device)
@@ -321,10 +319,13 @@ class Trainer:
                 p.copy_(mean)
 
     def _validated_model(self) -> nn.Module:
-        """The model validation scores: the weights' average once it has begun, else the model."""
-        if self.average is None or self.epoch + 1 == self.config.epochs:
+        """The model validation scores: the weights' average once it has begun, else the model.
+        After the last epoch the average becomes the model itself; before it, a copy holds it
+        and training goes on from the current weights."""
+        if self.average is None:
             return self.model
-        model = copy.deepcopy(self.model)
+        last = self.epoch + 1 == self.config.epochs
+        model = self.model if last else copy.deepcopy(self.model)
         self._load_average(model)
         return model
 
